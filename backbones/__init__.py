@@ -1,0 +1,53 @@
+"""Kestrel backbones: efficient classifiers as multi-scale feature pyramids.
+
+Every backbone returns an ordered dict of named levels and states, per level, its channels and
+stride in ``feature_info``. Build one by name with :func:`build_backbone`; register your own with
+:func:`register_backbone` or the ``kestrel.backbones`` entry-point group.
+"""
+
+from . import efficientnet, mobilenet  # noqa: F401  (registers the built-ins)
+from ._features import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    FeatureInfo,
+    Level,
+    Pyramid,
+    check_pyramid,
+    check_pyramid_output,
+    level_name,
+)
+from ._registry import (
+    ENTRY_POINT_GROUP,
+    backbone_options,
+    build_backbone,
+    get_backbone_factory,
+    list_backbones,
+    register_backbone,
+    reload_plugins,
+)
+from ._timm import TimmBackbone
+from ._torchvision import TorchvisionBackbone
+from .necks import FPN, BackboneWithNeck, SSDLiteExtra
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "FPN",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "BackboneWithNeck",
+    "FeatureInfo",
+    "Level",
+    "Pyramid",
+    "SSDLiteExtra",
+    "TimmBackbone",
+    "TorchvisionBackbone",
+    "backbone_options",
+    "build_backbone",
+    "check_pyramid",
+    "check_pyramid_output",
+    "get_backbone_factory",
+    "level_name",
+    "list_backbones",
+    "register_backbone",
+    "reload_plugins",
+]

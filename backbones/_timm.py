@@ -1,0 +1,136 @@
+"""Any timm model that supports ``features_only`` (MobileNetV4, EfficientNet-Lite, FBNet, ...) as a pyramid.
+
+Registered as the ``timm:<model_name>`` prefix of the registry. Channels and strides come from timm's
+own ``feature_info``; output stride and feature location are timm's ``features_only`` options.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import timm
+import torch
+
+from ._features import FeatureInfo, FeatureLocation, Level, Pyramid, level_name
+from ._options import check_options, freeze_through
+from ._weights import load_weights, read_state_dict, weight_problems
+
+
+def _meta_model(model_name: str, **kwargs) -> torch.nn.Module:
+    """Build a timm model on the meta device: its structure and key names, with no memory or time."""
+    with torch.device("meta"):
+        return timm.create_model(model_name, pretrained=False, **kwargs)
+
+
+class TimmBackbone(Pyramid):
+    """A timm model built with ``features_only=True``, as a Kestrel pyramid.
+
+    Args:
+        model_name: A timm model name, e.g. ``"mobilenetv4_conv_small"``.
+        pretrained: ``False``, ``True`` (timm's weights, from the Hugging Face cache or the network)
+            or the path of a state dict (a timm classifier's, whose classifier keys are dropped, or a
+            Kestrel backbone's).
+        levels: Nominal strides of the levels to return; all the model's levels if None.
+        output_stride: 32, or 16/8 where the model supports dilation.
+        feature_location: ``"block"`` or ``"expansion"`` (timm's EfficientNet/MobileNet families).
+        frozen_stages: Freeze every layer up to nominal stride ``2**frozen_stages`` (0: none).
+        freeze_bn: Keep batch norms in eval mode while training.
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        pretrained: bool | str = False,
+        levels: Sequence[int] | None = None,
+        output_stride: int = 32,
+        feature_location: FeatureLocation = "block",
+        frozen_stages: int = 0,
+        freeze_bn: bool = False,
+    ):
+        super().__init__()
+        check_options(levels, output_stride, feature_location, frozen_stages)
+        if model_name not in timm.list_models():
+            raise ValueError(f"timm has no model {model_name!r} (see timm.list_models())")
+        try:
+            probe = _meta_model(model_name, features_only=True)
+        except Exception as err:  # noqa: BLE001 - timm raises many kinds for "cannot do features"
+            raise ValueError(f"timm model {model_name!r} does not support features_only: {err}") from None
+        nominal = probe.feature_info.reduction()
+        if len(set(nominal)) != len(nominal) or any(r & (r - 1) for r in nominal):
+            raise ValueError(
+                f"timm model {model_name!r} is not a multi-scale pyramid: its feature strides are {nominal}"
+            )
+        levels = tuple(nominal) if levels is None else tuple(levels)
+        missing = sorted(set(levels) - set(nominal))
+        if missing:
+            raise ValueError(f"timm model {model_name!r} has no level at stride {missing}; it has {nominal}")
+
+        kwargs = {"features_only": True, "out_indices": tuple(nominal.index(s) for s in levels)}
+        if output_stride != 32:
+            kwargs["output_stride"] = output_stride
+        if feature_location != "block":
+            kwargs["feature_location"] = feature_location
+        options = {k: v for k, v in kwargs.items() if k in ("output_stride", "feature_location")}
+        try:
+            strides = _meta_model(model_name, **kwargs).feature_info.reduction()
+        except Exception as err:  # noqa: BLE001
+            raise ValueError(f"timm model {model_name!r} cannot be built with {options}: {err}") from None
+        if max(strides) > output_stride:
+            raise ValueError(f"timm model {model_name!r} ignores {options}: its strides stay {strides}")
+
+        state = read_state_dict(pretrained) if isinstance(pretrained, str) else None
+        if pretrained is True:
+            self.model = self._create_pretrained(model_name, kwargs)
+        elif state is not None and weight_problems(
+            {f"model.{k}": v for k, v in _meta_model(model_name, **kwargs).state_dict().items()}, state
+        ):
+            # not a Kestrel backbone's own keys: a timm classifier checkpoint, loaded by timm itself
+            full = _meta_model(model_name)
+            classifier = full.pretrained_cfg.get("classifier") or ()
+            classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+            problems = weight_problems(full.state_dict(), state, drop=[c + "." for c in classifier])
+            if problems:
+                raise ValueError(
+                    f"weights {pretrained!r} fit neither timm's {model_name} classifier nor its feature "
+                    f"model: {'; '.join(problems)}"
+                )
+            overlay = {"state_dict": state}
+            self.model = timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+        else:
+            self.model = timm.create_model(model_name, pretrained=False, **kwargs)
+            if state is not None:
+                load_weights(self, state, repr(pretrained))
+
+        if frozen_stages:
+            frozen = [i for i, s in enumerate(nominal) if s <= 2**frozen_stages]
+            if frozen:
+                last = probe.feature_info.module_name()[frozen[-1]]
+                if last not in dict(self.model.named_modules()):
+                    last = last.replace(".", "_")  # FeatureListNet flattens nested names
+                freeze_through(self.model, last)
+        self.freeze_bn = freeze_bn
+        self.model_name = model_name
+        cfg = self.model.pretrained_cfg
+        self.mean = tuple(cfg.get("mean", self.mean))
+        self.std = tuple(cfg.get("std", self.std))
+        info = self.model.feature_info
+        self.feature_info = FeatureInfo(
+            Level(level_name(s), c, r, f"model.{m}", feature_location)
+            for s, c, r, m in zip(levels, info.channels(), info.reduction(), info.module_name())
+        )
+
+    @staticmethod
+    def _create_pretrained(model_name: str, kwargs: dict) -> torch.nn.Module:
+        try:
+            return timm.create_model(model_name, pretrained=True, **kwargs)
+        except Exception as err:  # noqa: BLE001 - offline hub errors come in many types
+            raise FileNotFoundError(
+                f"timm could not load pretrained weights for {model_name!r} ({type(err).__name__}: {err}). "
+                "With no network, put them in the Hugging Face cache (HF_HOME; timm looks there first) "
+                "or pass pretrained=<path to a state dict>."
+            ) from None
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        return OrderedDict(zip(self.feature_info.names(), self.model(x)))
+

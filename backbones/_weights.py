@@ -1,0 +1,119 @@
+"""Loading weights: state-dict files, and torchvision's ImageNet weights through its hub cache."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from urllib.error import URLError
+
+import torch
+from torch import nn
+
+# Keys that are harmless to miss: FrozenBatchNorm2d has no counter, older checkpoints lack it.
+_IGNORED_SUFFIXES = ("num_batches_tracked",)
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``path`` with ``torch.load(..., weights_only=True)`` (or safetensors).
+
+    Accepts a bare state dict, a Lightning checkpoint (``"state_dict"``) or a ``{"model": ...}``
+    wrapper, and strips DDP's ``module.`` prefix.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is not a state dict of tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj = load_file(str(path))
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any decoding failure is the same user problem
+        raise ValueError(f"cannot read weights file {str(path)!r}: {type(err).__name__}: {err}") from None
+    for key in ("state_dict", "model"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"weights file {str(path)!r} does not hold a state dict of tensors")
+    state = dict(obj)
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def _listing(keys: Iterable[str], limit: int = 12) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def weight_problems(
+    expected: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor], drop: Iterable[str] = ()
+) -> list[str]:
+    """What keeps ``state_dict`` from loading strictly where ``expected`` is the model's own state dict.
+
+    Keys under the ``drop`` prefixes are ignored: they are expected in the weights but have no place
+    in the model (the classifier of an ImageNet checkpoint, layers past the deepest requested level).
+    """
+    drop = tuple(drop)
+    state = {k: v for k, v in state_dict.items() if not k.startswith(drop)}
+    missing = {
+        k for k in expected if k not in state and not k.startswith(drop) and not k.endswith(_IGNORED_SUFFIXES)
+    }
+    unexpected = {k for k in state if k not in expected and not k.endswith(_IGNORED_SUFFIXES)}
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and state[k].shape != expected[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_listing(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatches (file vs model): {_listing(mismatched)}")
+    return problems
+
+
+def load_weights(
+    module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, drop: Iterable[str] = ()
+) -> None:
+    """Load ``state_dict`` into ``module`` strictly, after dropping keys under the ``drop`` prefixes.
+
+    Raises:
+        ValueError: a key is missing or unexpected, or a tensor's shape differs; the message lists them
+            and names ``source`` (what the weights are, e.g. a file name).
+    """
+    own = module.state_dict()
+    problems = weight_problems(own, state_dict, drop)
+    if problems:
+        raise ValueError(f"weights {source} do not fit {type(module).__name__}: " + "; ".join(problems))
+    module.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
+
+
+def torchvision_imagenet_weights(arch: str) -> dict[str, torch.Tensor]:
+    """torchvision's default ImageNet weights for ``arch``, from the torch hub cache or the network.
+
+    Raises:
+        FileNotFoundError: the weights are not cached and cannot be downloaded; says where to put them.
+    """
+    from torchvision.models import get_model_weights
+
+    weights = get_model_weights(arch).DEFAULT
+    filename = os.path.basename(weights.url)
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    try:
+        return weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
+    except (URLError, OSError, ConnectionError) as err:
+        raise FileNotFoundError(
+            f"torchvision's ImageNet weights for {arch} ({weights}) are not in the torch hub cache and "
+            f"could not be downloaded ({err}). Download {weights.url} and put it at {cache / filename} "
+            "(or set TORCH_HOME), or pass pretrained=<path to a state dict>."
+        ) from None

@@ -1,0 +1,1 @@
+"""Kestrel heads: feature pyramids -> predictions and losses."""
