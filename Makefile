@@ -7,7 +7,10 @@ PYTEST_ARGS ?=
 
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install test test-all bench lint clean
+DEMO_DATA := data/shapes
+DEMO_CONFIG := configs/demo/ssdlite_mbv3_shapes.yaml
+
+.PHONY: install test test-all demo bench lint clean
 
 install: $(STAMP)
 
@@ -23,8 +26,16 @@ test: install  ## the suite CI runs (slow checks excluded)
 test-all: install  ## every test, slow ones included
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: install  ## speed, measured (never asserted in tests); run on a quiet machine
+$(DEMO_DATA)/coco/annotations/instances_val2017.json: | install
+	$(PY) -m tasks.data.synthetic --out $(DEMO_DATA)
+
+demo: install $(DEMO_DATA)/coco/annotations/instances_val2017.json  ## train SSDLite on the synthetic data, then test
+	$(PY) -m tasks.detect fit --config $(DEMO_CONFIG)
+	$(PY) -m tasks.detect test --config $(DEMO_CONFIG) --ckpt_path best
+
+bench: install $(DEMO_DATA)/coco/annotations/instances_val2017.json  ## speed, measured (never asserted in tests)
 	$(PY) -m backbones --size 320 --time
+	$(PY) -m tasks.bench --root $(DEMO_DATA)/coco
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -18,6 +18,7 @@ from ._features import (
 )
 from ._registry import (
     ENTRY_POINT_GROUP,
+    Backbone,
     backbone_options,
     build_backbone,
     get_backbone_factory,
@@ -34,6 +35,7 @@ __all__ = [
     "FPN",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "Backbone",
     "BackboneWithNeck",
     "FeatureInfo",
     "Level",

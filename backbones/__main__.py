@@ -53,7 +53,6 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"add the median CPU latency of a batch-1 forward ({torch.get_num_threads()} threads)")
     args = parser.parse_args(argv)
 
-    torch.set_grad_enabled(False)
     names = args.names or list_backbones()
     print(f"Backbones at {args.size}x{args.size}, output stride {args.output_stride}, "
           f"{args.feature_location} taps. Levels are name:channels/stride. GMACs = GFLOPs / 2.\n")

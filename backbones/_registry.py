@@ -15,8 +15,12 @@ from __future__ import annotations
 import difflib
 import inspect
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from importlib.metadata import entry_points
+from typing import Any, Literal
+
+import torch
 
 from ._features import Pyramid, check_pyramid
 
@@ -130,3 +134,53 @@ def _check_options(name: str, factory: BackboneFactory, options: dict) -> None:
             f"backbone {name!r} has no option {', '.join(map(repr, unknown))}; its options are: "
             f"{', '.join(k for k in backbone_options(factory) if k != 'model_name')}"
         )
+
+
+class Backbone(Pyramid):
+    """A registered backbone chosen by name: what task configs give as ``model.backbone``.
+
+    ``Backbone("mobilenet_v3_large", levels=[16, 32])`` builds ``build_backbone(name, ...)`` and
+    forwards to it; ``feature_info``, ``mean`` and ``std`` are the built backbone's. Options specific
+    to one backbone (``width_mult``, ``reduced_tail``, ...) go in ``options``.
+
+    Args:
+        name: A registered name, a plugin's, or ``timm:<model_name>``.
+        pretrained: ``False``, ``True`` (the library's ImageNet weights) or a path to a state dict.
+        levels: Nominal strides of the levels to return; the backbone's default (all) if None.
+        output_stride: 32, or 16 / 8 to dilate the deeper stages.
+        feature_location: Tap levels at block outputs or at expansion layers.
+        frozen_stages: Freeze every layer up to stride ``2**frozen_stages``.
+        freeze_bn: Keep batch norms in eval mode while training.
+        options: Further keyword options of this backbone's factory.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        pretrained: bool | str = False,
+        levels: list[int] | None = None,
+        output_stride: Literal[8, 16, 32] = 32,
+        feature_location: Literal["block", "expansion"] = "block",
+        frozen_stages: int = 0,
+        freeze_bn: bool = False,
+        options: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        # Only options that differ from their defaults are passed on, so a plugin need not take them all.
+        given = {
+            "pretrained": pretrained,
+            "levels": None if levels is None else tuple(levels),
+            "output_stride": output_stride,
+            "feature_location": feature_location,
+            "frozen_stages": frozen_stages,
+            "freeze_bn": freeze_bn,
+        }
+        defaults = {k: p.default for k, p in inspect.signature(Backbone.__init__).parameters.items()}
+        common = {k: v for k, v in given.items() if v != defaults[k]}
+        self.name = name
+        self.body = build_backbone(name, **common, **(options or {}))
+        self.feature_info = self.body.feature_info
+        self.mean, self.std = self.body.mean, self.body.std
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        return self.body(x)

@@ -86,6 +86,9 @@ class TorchvisionBackbone(Pyramid):
         width_mult: Channel multiplier (MobileNets).
         reduced_tail: Halve the channels of the last stage (MobileNetV3, as in SSDLite's backbone).
         stochastic_depth_prob: Drop-path probability (EfficientNets); torchvision's default if None.
+        bn_momentum: Momentum of every batch norm's running statistics; torchvision's default (0.01
+            for MobileNetV3, 0.1 otherwise) if None. Short trainings want 0.1; torchvision's SSDLite
+            uses 0.03.
     """
 
     def __init__(
@@ -100,6 +103,7 @@ class TorchvisionBackbone(Pyramid):
         width_mult: float | None = None,
         reduced_tail: bool = False,
         stochastic_depth_prob: float | None = None,
+        bn_momentum: float | None = None,
     ):
         super().__init__()
         check_options(levels, output_stride, feature_location, frozen_stages)
@@ -146,6 +150,10 @@ class TorchvisionBackbone(Pyramid):
             unused = ["classifier."] + [f"features.{i}." for i in range(last + 1, len(body))]
             load_weights(self, state, source, drop=unused)
 
+        if bn_momentum is not None:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.momentum = bn_momentum
         for i, stride in enumerate(nominal[: last + 1]):
             if stride > output_stride:
                 _dilate(self.features[i], stride // output_stride)

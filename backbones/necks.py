@@ -52,8 +52,10 @@ class SSDLiteExtra(nn.Module):
     Depthwise-separable stride-2 blocks (1x1 to half width, 3x3 depthwise stride 2, 1x1 out, ReLU6)
     that extend the pyramid below its deepest level: at a 320 input, from 10x10 down to 1x1.
 
+    The output holds the ``in_info`` levels (others in the input are left out) and the new ones.
+
     Args:
-        in_info: The feature info of the pyramid feeding the extra layers; they start from its deepest level.
+        in_info: The levels to keep from the pyramid feeding the extra layers; they start from the deepest.
         channels: Output channels of each extra block, before ``width_mult``.
         width_mult: Channel multiplier, at least ``min_depth`` channels per block.
         min_depth: Smallest width of a block.
@@ -84,9 +86,10 @@ class SSDLiteExtra(nn.Module):
         ]
 
     def forward(self, features: OrderedDict[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
-        out = OrderedDict(features)
-        x = next(reversed(features.values()))
-        for level, block in zip(self.feature_info[len(features) :], self.extra):
+        levels = len(self.feature_info) - len(self.extra)
+        out = OrderedDict((level.name, features[level.name]) for level in self.feature_info[:levels])
+        x = out[self.feature_info[levels - 1].name]
+        for level, block in zip(self.feature_info[levels:], self.extra):
             x = block(x)
             out[level.name] = x
         return out

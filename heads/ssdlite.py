@@ -1,0 +1,170 @@
+"""SSDLite detection on any Kestrel pyramid, on torchvision's SSD machinery.
+
+SSDLite (MobileNetV2 paper, section 6.2; MobileNetV3 paper, section 6.3) is SSD with depthwise-separable
+prediction heads and extra layers. Everything but the wiring is torchvision's: ``SSD`` (matching,
+box coding, 3:1 hard-negative mining, batched NMS), ``DefaultBoxGenerator``, ``SSDLiteHead`` and the
+extra blocks. The head sizes itself from the backbone's ``feature_info``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from functools import partial
+
+import torch
+from torch import nn
+from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
+from torchvision.models.detection.ssd import SSD
+from torchvision.models.detection.ssdlite import SSDLiteHead
+
+from backbones import BackboneWithNeck, Pyramid, SSDLiteExtra
+
+_IGNORED = "num_batches_tracked"
+
+
+class SSDLite(SSD):
+    """SSDLite over the deepest ``num_levels`` levels of ``backbone``, extended by SSDLite's extra layers.
+
+    Defaults are torchvision's ``ssdlite320_mobilenet_v3_large``: 320x320 input, aspect ratios 2 and 3
+    on every level, default-box scales 0.2-0.95, batch norm with eps 0.001 / momentum 0.03, score
+    threshold 0.001, NMS IoU 0.55, 300 detections. Inputs are lists of ``(3, H, W)`` images in [0, 1];
+    training returns ``{"bbox_regression", "classification"}`` losses, evaluation a list of
+    ``{"boxes", "scores", "labels"}`` in input coordinates. Label 0 is background.
+
+    Args:
+        backbone: Any Kestrel pyramid. MobileNetV3 as in the paper: ``levels=[16, 32]`` with
+            ``feature_location="expansion"`` (C4 at the 672-channel expansion).
+        num_classes: Object classes, background not counted (torchvision's ``num_classes`` - 1).
+        image_size: Side of the square input the detector resizes to.
+        num_levels: How many of the backbone's deepest levels feed the head.
+        extra_channels: Output channels of the extra blocks (before ``width_mult``).
+        width_mult: Channel multiplier of the extra blocks.
+        aspect_ratios: Aspect ratios of the default boxes on every level (besides 1).
+        min_ratio: Scale of the smallest default boxes, relative to the input.
+        max_ratio: Scale of the largest default boxes.
+        image_mean: Input normalization; the backbone's (ImageNet's) if None. torchvision's SSDLite
+            uses 0.5.
+        image_std: As ``image_mean``.
+        score_thresh: Detections scoring below are dropped.
+        nms_thresh: IoU threshold of the per-class NMS.
+        detections_per_img: Detections kept per image.
+        topk_candidates: Candidates per class before NMS.
+        iou_thresh: IoU for a default box to match a ground-truth box.
+        positive_fraction: Positives among the boxes the classification loss sees (0.25: 3:1 mining).
+    """
+
+    def __init__(
+        self,
+        backbone: Pyramid,
+        num_classes: int,
+        image_size: int = 320,
+        num_levels: int = 2,
+        extra_channels: Sequence[int] = (512, 256, 256, 128),
+        width_mult: float = 1.0,
+        aspect_ratios: Sequence[float] = (2.0, 3.0),
+        min_ratio: float = 0.2,
+        max_ratio: float = 0.95,
+        image_mean: Sequence[float] | None = None,
+        image_std: Sequence[float] | None = None,
+        score_thresh: float = 0.001,
+        nms_thresh: float = 0.55,
+        detections_per_img: int = 300,
+        topk_candidates: int = 300,
+        iou_thresh: float = 0.5,
+        positive_fraction: float = 0.25,
+    ):
+        if not 1 <= num_levels <= len(backbone.feature_info):
+            raise ValueError(
+                f"num_levels must be between 1 and the backbone's {len(backbone.feature_info)} levels, got {num_levels}"
+            )
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        norm_layer = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)
+        neck = SSDLiteExtra(backbone.feature_info[-num_levels:], extra_channels, width_mult, norm_layer=norm_layer)
+        anchors = DefaultBoxGenerator([list(aspect_ratios)] * len(neck.feature_info), min_ratio, max_ratio)
+        head = SSDLiteHead(
+            neck.feature_info.channels(), anchors.num_anchors_per_location(), num_classes + 1, norm_layer
+        )
+        super().__init__(
+            BackboneWithNeck(backbone, neck),
+            anchors,
+            (image_size, image_size),
+            num_classes + 1,
+            image_mean=list(image_mean or backbone.mean),
+            image_std=list(image_std or backbone.std),
+            head=head,
+            score_thresh=score_thresh,
+            nms_thresh=nms_thresh,
+            detections_per_img=detections_per_img,
+            iou_thresh=iou_thresh,
+            topk_candidates=topk_candidates,
+            positive_fraction=positive_fraction,
+        )
+        self.num_classes = num_classes
+        self.image_size = image_size
+
+    def from_torchvision(
+        self, state_dict: Mapping[str, torch.Tensor], class_ids: Sequence[int] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Map a state dict saved from torchvision's ``ssdlite320_mobilenet_v3_large`` onto this model's keys.
+
+        The backbone's tensors are matched in order (torchvision splits MobileNetV3 at the C4
+        expansion into ``features.0``/``features.1``; Kestrel keeps torchvision's classifier layout)
+        and checked name by name and shape by shape; extra layers and head keep their names.
+
+        Args:
+            state_dict: torchvision's weights.
+            class_ids: Which of torchvision's classes become this model's labels 1..num_classes
+                (background 0 is kept), for weights with another class layout, e.g. torchvision's
+                COCO weights, indexed by COCO category id (91 classes). None keeps them as they are.
+
+        Raises:
+            ValueError: the weights do not fit this model; says what to change.
+        """
+        source = [(k, v) for k, v in state_dict.items() if k.startswith("backbone.features.")]
+        target = list(self.backbone.body.state_dict(prefix="backbone.body.").items())
+        source = [(k, v) for k, v in source if not k.endswith(_IGNORED)]
+        target = [(k, v) for k, v in target if not k.endswith(_IGNORED)]
+        hint = (
+            "torchvision's SSDLite fits backbone mobilenet_v3_large with levels [16, 32], "
+            "feature_location expansion and options {reduced_tail: true} (torchvision reduces the tail "
+            "when trained without ImageNet backbone weights, as its COCO weights were)"
+        )
+        if len(source) != len(target):
+            raise ValueError(
+                f"torchvision SSDLite backbone has {len(source)} tensors, this model's {len(target)}: {hint}"
+            )
+        mapping = {}
+        for (src, s), (dst, d) in zip(source, target):
+            if src.rpartition(".")[2] != dst.rpartition(".")[2] or s.shape != d.shape:
+                raise ValueError(f"torchvision's {src} {tuple(s.shape)} does not fit {dst} {tuple(d.shape)}: {hint}")
+            mapping[src] = dst
+        converted = {}
+        for key, value in state_dict.items():
+            if key.endswith(_IGNORED) and key.startswith("backbone.features."):
+                continue
+            if key in mapping:
+                key = mapping[key]
+            elif key.startswith("backbone.extra."):
+                key = "backbone.neck." + key.removeprefix("backbone.")
+            converted[key] = value
+        if class_ids is not None:
+            converted = _select_classes(converted, [0, *class_ids])
+        return converted
+
+
+def _select_classes(state: dict[str, torch.Tensor], keep: list[int]) -> dict[str, torch.Tensor]:
+    """Keep the class scores ``keep`` of every classification conv (its outputs are anchor-major)."""
+    state = dict(state)
+    projection = re.compile(r"head\.classification_head\.module_list\.\d+\.1\.weight")  # the 1x1 conv
+    for key in [k for k in state if projection.fullmatch(k)]:
+        anchors = state[key.replace("classification_head", "regression_head")].shape[0] // 4
+        classes = state[key].shape[0] // anchors
+        if max(keep) >= classes:
+            raise ValueError(f"class index {max(keep)} is out of range for weights with {classes} classes")
+        for name in (key, key.removesuffix("weight") + "bias"):
+            tensor = state[name]
+            per_anchor = tensor.reshape(anchors, classes, *tensor.shape[1:])
+            state[name] = per_anchor[:, keep].reshape(anchors * len(keep), *tensor.shape[1:])
+    return state

@@ -1,0 +1,92 @@
+"""COCO annotation files: loading with errors that name the file, and the label mapping.
+
+Contiguous labels follow the sorted category ids (background 0 where a head has one), torchvision's
+convention; the data set's own ids stay available for results files.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def load_json(path: str | Path) -> Any:
+    """``json.load`` with errors naming the file and the position."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation file {str(path)!r} does not exist")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"annotation file {str(path)!r} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}"
+        ) from None
+
+
+@dataclass
+class CocoFile:
+    """A validated COCO annotation file.
+
+    Attributes:
+        path: The file.
+        data: The parsed JSON, as pycocotools' ``COCO`` takes it.
+        category_ids: Category ids in label order (label ``i + 1`` is ``category_ids[i]``).
+        class_names: Category names in label order.
+        images: The ``images`` entries, sorted by id.
+        annotations: Per image id, its annotations (images without any have an empty list).
+    """
+
+    path: Path
+    data: dict
+    category_ids: list[int]
+    class_names: list[str]
+    images: list[dict]
+    annotations: dict[int, list[dict]] = field(repr=False)
+
+    @property
+    def label_of(self) -> dict[int, int]:
+        return {cid: i + 1 for i, cid in enumerate(self.category_ids)}
+
+
+def load_coco(path: str | Path) -> CocoFile:
+    """Load and validate a COCO annotation file (instances or person_keypoints).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: malformed JSON, a missing section, an annotation naming an unknown category or
+            image, a malformed ``bbox``; the message names the file and the entry.
+    """
+    path = Path(path)
+    data = load_json(path)
+    if not isinstance(data, dict):
+        raise ValueError(f"annotation file {str(path)!r} must hold a JSON object, not {type(data).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise ValueError(f"annotation file {str(path)!r} has no {key!r} list")
+    categories = sorted(data["categories"], key=lambda c: c["id"])
+    category_ids = [c["id"] for c in categories]
+    if len(set(category_ids)) != len(category_ids):
+        raise ValueError(f"annotation file {str(path)!r} repeats category ids: {category_ids}")
+    images = sorted(data["images"], key=lambda im: im["id"])
+    image_ids = {im["id"] for im in images}
+    known = set(category_ids)
+    annotations: dict[int, list[dict]] = defaultdict(list)
+    for ann in data["annotations"]:
+        where = f"annotation file {str(path)!r}: annotation {ann.get('id')!r}"
+        if ann.get("category_id") not in known:
+            raise ValueError(
+                f"{where} names category_id {ann.get('category_id')!r}, which is not among the file's "
+                f"categories {category_ids}"
+            )
+        if ann.get("image_id") not in image_ids:
+            raise ValueError(f"{where} names image_id {ann.get('image_id')!r}, which is not among the file's images")
+        bbox = ann.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+            raise ValueError(f"{where} has a malformed bbox {bbox!r} (expected [x, y, width, height])")
+        annotations[ann["image_id"]].append(ann)
+    return CocoFile(path, data, category_ids, [c["name"] for c in categories], images,
+                    {im["id"]: annotations.get(im["id"], []) for im in images})

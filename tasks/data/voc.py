@@ -1,0 +1,83 @@
+"""Pascal VOC folders: split lists and annotation XML, with errors that name the file."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
+    "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+
+
+def read_split(root: str | Path, kind: str, split: str) -> list[str]:
+    """Image ids of ``ROOT/ImageSets/{kind}/{split}.txt`` (``kind``: Main or Segmentation)."""
+    path = Path(root) / "ImageSets" / kind / f"{split}.txt"
+    if not path.is_file():
+        raise FileNotFoundError(f"VOC split list {str(path)!r} does not exist")
+    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise ValueError(f"VOC split list {str(path)!r} is empty")
+    return ids
+
+
+@dataclass
+class VocObjects:
+    """The objects of one annotation XML, boxes as continuous pixel ``x1, y1, x2, y2``.
+
+    VOC's 1-based inclusive pixel boxes ``(xmin, ymin, xmax, ymax)`` become ``(xmin - 1, ymin - 1,
+    xmax, ymax)``: the same region, so IoU and area equal the devkit's "+1" formulas.
+    """
+
+    width: int | None
+    height: int | None
+    boxes: np.ndarray
+    labels: np.ndarray
+    difficult: np.ndarray
+
+
+def read_annotation(path: str | Path, classes: list[str]) -> VocObjects:
+    """Parse one VOC XML; labels are 1-based indices into ``classes``.
+
+    Raises:
+        FileNotFoundError / ValueError naming the file: missing, malformed XML, an object of a class
+        not in ``classes``, a malformed box.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"VOC annotation {str(path)!r} does not exist")
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as err:
+        raise ValueError(f"VOC annotation {str(path)!r} is malformed XML: {err}") from None
+    size = root.find("size")
+    width = height = None
+    if size is not None and size.findtext("width") and size.findtext("height"):
+        width, height = int(float(size.findtext("width"))), int(float(size.findtext("height")))
+    boxes, labels, difficult = [], [], []
+    for i, obj in enumerate(root.iter("object")):
+        name = (obj.findtext("name") or "").strip()
+        if name not in classes:
+            raise ValueError(
+                f"VOC annotation {str(path)!r}: object {i} is a {name!r}, which is not in data.classes "
+                f"{list(classes)}; add it there or remove the object"
+            )
+        box = obj.find("bndbox")
+        try:
+            xmin, ymin, xmax, ymax = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+        except (AttributeError, TypeError, ValueError):
+            raise ValueError(f"VOC annotation {str(path)!r}: object {i} ({name}) has a malformed bndbox") from None
+        boxes.append((xmin - 1, ymin - 1, xmax, ymax))
+        labels.append(classes.index(name) + 1)
+        difficult.append(obj.findtext("difficult", "0").strip() == "1")
+    return VocObjects(
+        width,
+        height,
+        np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+        np.asarray(labels, dtype=np.int64),
+        np.asarray(difficult, dtype=bool),
+    )

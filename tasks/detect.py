@@ -1,0 +1,256 @@
+"""Detection: ``python -m tasks.detect {fit,validate,test,predict} --config CONFIG.yaml``.
+
+Trains and evaluates an SSDLite detector on any Kestrel backbone, on COCO or VOC folders. ``test``
+writes ``report/metrics.json`` and ``report/report.md`` into the run's log folder (COCO numbers by
+COCOeval on the data set's own ground truth; VOC07/VOC12 mAP@0.5 too on VOC data); ``predict`` writes
+``predictions/detections.json`` in COCO results format with the data set's own ids.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.cli import OptimizerCallable
+
+from backbones import Backbone, Pyramid
+from backbones._weights import load_weights, read_state_dict
+from heads.ssdlite import SSDLite
+
+from .cli import KestrelCLI
+from .data.detection import DetectionData, DetectionSplit
+from .metrics import coco_detection_metrics, detections_to_coco, gather_by_index, voc_detection_metrics
+from .optim import SchedulerCallable, TrainingLength, WarmupCosineLR, param_groups
+from .report import write_report
+
+DETECTION_HEADLINE = ["map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100"]
+
+
+def _sgd(params) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=0.15, momentum=0.9, weight_decay=4e-5)
+
+
+def _is_torchvision_ssdlite(state: dict) -> bool:
+    return "backbone.features.0.0.0.weight" in state and any(k.startswith("backbone.extra.") for k in state)
+
+
+class DetectionTask(pl.LightningModule):
+    """SSDLite detection as a LightningModule.
+
+    Args:
+        backbone: The feature pyramid: ``{name: ..., ...}`` (a registered backbone, see
+            ``backbones.Backbone``) or any ``backbones.Pyramid`` by ``class_path``.
+        num_classes: Object classes (linked from ``data.num_classes``).
+        image_size: Side of the square input (linked from ``data.image_size``).
+        head: Builds the detector from the backbone, ``num_classes`` and ``image_size``: SSDLite and
+            its options.
+        optimizer: Builds the optimizer from parameter groups (norm weights and biases get
+            ``norm_weight_decay``); SGD with momentum 0.9 by default.
+        scheduler: Builds the step-wise schedule from the optimizer and the training length.
+        norm_weight_decay: Weight decay of norm weights and biases (None: the optimizer's).
+        init_from: Weights for the whole model: a Kestrel checkpoint or state dict, or a state dict
+            saved from torchvision's ``ssdlite320_mobilenet_v3_large`` (with torchvision's 91-class
+            COCO layout remapped to the data's categories, or any matching class count).
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone | Pyramid,
+        num_classes: int,
+        image_size: int = 320,
+        head: Callable[[Pyramid, int, int], SSDLite] = SSDLite,
+        optimizer: OptimizerCallable = _sgd,
+        scheduler: SchedulerCallable = WarmupCosineLR,
+        norm_weight_decay: float | None = 0.0,
+        init_from: str | None = None,
+    ):
+        super().__init__()
+        self.model = head(backbone, num_classes, image_size)
+        self.num_classes = num_classes
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.norm_weight_decay = norm_weight_decay
+        self.init_from = init_from
+        self._initialized = False
+        self._results: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._started = 0.0
+
+    # ----------------------------------------------------------------- weights
+    def setup(self, stage: str) -> None:
+        if self.init_from and not self._initialized:
+            self.load_init_weights(self.init_from)
+        self._initialized = True
+
+    def load_init_weights(self, path: str) -> None:
+        """Load ``init_from``: a Kestrel checkpoint/state dict, or torchvision SSDLite weights."""
+        state = read_state_dict(path)
+        if all(k.startswith("model.") for k in state):  # a Lightning checkpoint of this task
+            state = {k.removeprefix("model."): v for k, v in state.items()}
+        if _is_torchvision_ssdlite(state):
+            classes = state["head.classification_head.module_list.0.1.bias"].numel() // (
+                state["head.regression_head.module_list.0.1.bias"].numel() // 4
+            )
+            class_ids = None
+            if classes != self.num_classes + 1:
+                datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+                ids = getattr(datamodule, "category_ids", None)
+                if not (classes == 91 and getattr(datamodule, "format", None) == "coco" and ids and max(ids) < 91):
+                    raise ValueError(
+                        f"init_from {path!r}: torchvision's head has {classes} classes with background, this "
+                        f"model {self.num_classes} + 1; only torchvision's 91-class COCO layout can be remapped "
+                        "(onto COCO data's categories)"
+                    )
+                class_ids = ids
+            state = self.model.from_torchvision(state, class_ids)
+        load_weights(self.model, state, repr(path))
+
+    # ----------------------------------------------------------------- training
+    def configure_optimizers(self):
+        optimizer = self.optimizer(param_groups(self.model, self.norm_weight_decay))
+        steps = int(self.trainer.estimated_stepping_batches)
+        epochs = max(self.trainer.max_epochs or 1, 1)
+        scheduler = self.scheduler(optimizer, TrainingLength(steps, max(steps // epochs, 1)))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    @staticmethod
+    def _images(batch_images: torch.Tensor) -> list[torch.Tensor]:
+        return list(batch_images.float().div_(255))
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, targets, _ = batch
+        losses = self.model(self._images(images), targets)
+        loss = losses["bbox_regression"] + losses["classification"]
+        self.log_dict(
+            {"train/loss": loss, "train/box": losses["bbox_regression"], "train/cls": losses["classification"]},
+            prog_bar=True, batch_size=len(images),
+        )
+        return loss
+
+    # ----------------------------------------------------------------- evaluation
+    def _collect(self, batch) -> list[dict[str, torch.Tensor]]:
+        """Detect, map boxes back to each image's original size, keep them by image index."""
+        images, _, meta = batch
+        size = images.shape[-2:]
+        detections = []
+        for det, info in zip(self.model(self._images(images)), meta):
+            height, width = info["size"]
+            det["boxes"] = det["boxes"] * det["boxes"].new_tensor([width / size[1], height / size[0]] * 2)
+            detections.append(det)
+            self._results[info["index"]] = tuple(det[k].cpu().numpy() for k in ("boxes", "scores", "labels"))
+        return detections
+
+    def on_validation_epoch_start(self) -> None:
+        self._results = {}
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._collect(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        metrics = self.evaluate(self.trainer.datamodule.split("val"), gather_by_index(self._results))
+        self.log_dict({f"val/{k}": v for k, v in metrics.items() if isinstance(v, float) and k != "map"},
+                      sync_dist=True)
+        self.log("val/map", metrics["map"], prog_bar=True, sync_dist=True)
+
+    def on_test_epoch_start(self) -> None:
+        self._results = {}
+        self._started = time.perf_counter()
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._collect(batch)
+
+    def on_test_epoch_end(self) -> None:
+        split = self.trainer.datamodule.split("test")
+        metrics = self.evaluate(split, gather_by_index(self._results))
+        self.log_dict({f"test/{k}": v for k, v in metrics.items() if isinstance(v, float)}, sync_dist=True)
+        log_dir = self.trainer.log_dir  # a collective under DDP: every process asks
+        if self.trainer.is_global_zero:
+            folder = self._write_report(log_dir, split, metrics, time.perf_counter() - self._started)
+            print(f"Evaluation report: {folder / 'report.md'} (numbers in {folder / 'metrics.json'})")
+
+    def evaluate(self, split: DetectionSplit, results: dict[int, tuple]) -> dict:
+        """COCO metrics (and VOC07/VOC12 for VOC data) of ``results`` ({record index: detections})."""
+        detections = []
+        for index, (boxes, scores, labels) in sorted(results.items()):
+            category_ids = [split.category_ids[label - 1] for label in labels.tolist()]
+            detections += detections_to_coco(split.records[index].eval_id, boxes, scores, category_ids)
+        metrics = coco_detection_metrics(split.coco_gt, detections, split.class_names)
+        if metrics["map"] is None:
+            raise ValueError(f"{split.description} has no ground-truth objects to evaluate against")
+        if split.voc_gt is not None:
+            by_eval_id = {split.records[i].eval_id: r for i, r in results.items()}
+            voc = voc_detection_metrics(split.voc_gt, by_eval_id, split.class_names)
+            metrics["voc07_map_50"], metrics["voc12_map_50"] = voc["voc07_map_50"], voc["voc12_map_50"]
+            for name, values in voc["per_class"].items():
+                metrics["per_class"][name].update(values)
+        return metrics
+
+    def _write_report(self, log_dir: str, split: DetectionSplit, metrics: dict, seconds: float) -> Path:
+        voc = split.voc_gt is not None
+        ckpt = getattr(self.trainer, "ckpt_path", None)
+        run = {
+            "task": "detection (SSDLite)",
+            "backbone": getattr(self.model.backbone.body, "name", type(self.model.backbone.body).__name__),
+            "input size": f"{self.model.image_size}x{self.model.image_size}",
+            "data": split.description,
+            "images": len(split.records),
+            "checkpoint": ckpt or (self.init_from or "none (weights as initialized)"),
+            "evaluation time (s)": f"{seconds:.1f}",
+        }
+        notes = [
+            "COCO numbers are COCOeval's (faster-coco-eval, equal to pycocotools) on the data set's own "
+            "ground truth, with predictions mapped back to original image coordinates and ids.",
+            "n/a: no ground truth of that size or class in this split (COCOeval's -1).",
+        ]
+        if voc:
+            notes.append("VOC07 (11-point) and VOC12 (area) AP at IoU 0.5 ignore difficult objects; in the COCO "
+                         "numbers difficult objects are crowd regions.")
+        headline = DETECTION_HEADLINE + (["voc07_map_50", "voc12_map_50"] if voc else [])
+        columns = ["ap", "ap_50"] + (["voc07_ap_50", "voc12_ap_50"] if voc else [])
+        return write_report(log_dir, "Detection report", metrics, headline, columns, run, notes)
+
+    # ----------------------------------------------------------------- prediction
+    def on_predict_epoch_start(self) -> None:
+        self._results = {}
+
+    def predict_step(self, batch, batch_idx: int) -> list[dict[str, torch.Tensor]]:
+        """Per image ``{"boxes", "scores", "labels"}``, boxes in original image coordinates."""
+        return self._collect(batch)
+
+    def on_predict_epoch_end(self) -> None:
+        results = gather_by_index(self._results)
+        log_dir = self.trainer.log_dir  # a collective under DDP: every process asks
+        if not self.trainer.is_global_zero:
+            return
+        split = self.trainer.datamodule.split("predict")
+        entries = []
+        for index, (boxes, scores, labels) in sorted(results.items()):
+            category_ids = [split.category_ids[label - 1] for label in labels.tolist()]
+            entries += detections_to_coco(split.records[index].image_id, boxes, scores, category_ids)
+        folder = Path(log_dir) / "predictions"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "detections.json").write_text(json.dumps(entries))
+        print(f"Predictions: {folder / 'detections.json'} ({len(entries)} detections on {len(results)} images)")
+
+
+class DetectionCLI(KestrelCLI):
+    """``data.image_size`` is also the detector's input size (``model.image_size``)."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.link_arguments("data.image_size", "model.image_size")
+
+
+def cli_main(args: list[str] | None = None) -> KestrelCLI:
+    """Run the detection command line (``args`` as on the command line; ``sys.argv`` if None)."""
+    return DetectionCLI(DetectionTask, DetectionData, monitor="val/map", args=args)
+
+
+if __name__ == "__main__":
+    cli_main()

@@ -1,0 +1,135 @@
+"""Optimizer parameter groups and learning-rate schedules with linear warm-up, from torch's schedulers.
+
+Task configs give the optimizer as a callable of the parameter groups (``OptimizerCallable``) and the
+scheduler as a callable of the optimizer and the :class:`TrainingLength`, so a schedule is written
+in steps or epochs and never repeats ``trainer.max_epochs``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import (
+    CosineAnnealingLR,
+    LinearLR,
+    LRScheduler,
+    MultiStepLR,
+    PolynomialLR,
+    SequentialLR,
+)
+
+
+@dataclass(frozen=True)
+class TrainingLength:
+    """How long training runs, in optimizer steps."""
+
+    total_steps: int
+    steps_per_epoch: int
+
+
+SchedulerCallable = Callable[[Optimizer, TrainingLength], LRScheduler]
+
+
+def param_groups(module: nn.Module, norm_weight_decay: float | None = 0.0) -> list[dict]:
+    """Split trainable parameters into weight-decayed ones and norm/bias ones (1-D tensors).
+
+    Args:
+        module: The model.
+        norm_weight_decay: Weight decay of norm weights and biases; None keeps the optimizer's.
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    groups: list[dict] = [{"params": decay}]
+    if no_decay:
+        groups.append({"params": no_decay} if norm_weight_decay is None else
+                      {"params": no_decay, "weight_decay": norm_weight_decay})
+    return groups
+
+
+class _Warmup(SequentialLR):
+    """Linear warm-up over ``warmup_steps``, then ``main``; stepped every optimizer step."""
+
+    def __init__(self, optimizer: Optimizer, main: LRScheduler, warmup_steps: int, warmup_factor: float):
+        start = warmup_factor if warmup_steps > 0 else 1.0  # SequentialLR needs a first scheduler
+        warmup = LinearLR(optimizer, start_factor=start, total_iters=max(warmup_steps, 1))
+        super().__init__(optimizer, [warmup, main], milestones=[max(warmup_steps, 1)])
+
+
+class WarmupCosineLR(_Warmup):
+    """Linear warm-up, then cosine decay to ``min_lr_ratio`` of the base rate at the end of training.
+
+    Args:
+        optimizer: The optimizer.
+        length: Training length (filled in by the task).
+        warmup_steps: Steps of linear warm-up from ``warmup_factor`` of the base rate.
+        warmup_factor: Starting fraction of the base rate.
+        min_lr_ratio: Final fraction of the base rate.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        length: TrainingLength,
+        warmup_steps: int = 1000,
+        warmup_factor: float = 0.001,
+        min_lr_ratio: float = 0.0,
+    ):
+        warmup_steps = min(warmup_steps, max(length.total_steps - 1, 0))
+        base = max(group["lr"] for group in optimizer.param_groups)
+        steps = max(length.total_steps - warmup_steps, 1)
+        cosine = CosineAnnealingLR(optimizer, T_max=steps, eta_min=base * min_lr_ratio)
+        super().__init__(optimizer, cosine, warmup_steps, warmup_factor)
+
+
+class WarmupPolyLR(_Warmup):
+    """Linear warm-up, then polynomial decay ``(1 - t / T) ** power`` (DeepLab's "poly" schedule).
+
+    Args:
+        optimizer: The optimizer.
+        length: Training length (filled in by the task).
+        power: Exponent of the decay (0.9 in the DeepLab papers).
+        warmup_steps: Steps of linear warm-up.
+        warmup_factor: Starting fraction of the base rate.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        length: TrainingLength,
+        power: float = 0.9,
+        warmup_steps: int = 0,
+        warmup_factor: float = 0.001,
+    ):
+        warmup_steps = min(warmup_steps, max(length.total_steps - 1, 0))
+        poly = PolynomialLR(optimizer, total_iters=max(length.total_steps - warmup_steps, 1), power=power)
+        super().__init__(optimizer, poly, warmup_steps, warmup_factor)
+
+
+class WarmupMultiStepLR(_Warmup):
+    """Linear warm-up, then the rate times ``gamma`` at each milestone epoch (mmpose's step schedule).
+
+    Args:
+        optimizer: The optimizer.
+        length: Training length (filled in by the task).
+        milestones: Epochs after which the rate is multiplied by ``gamma``.
+        gamma: The factor.
+        warmup_steps: Steps of linear warm-up.
+        warmup_factor: Starting fraction of the base rate.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        length: TrainingLength,
+        milestones: Iterable[int] = (170, 200),
+        gamma: float = 0.1,
+        warmup_steps: int = 500,
+        warmup_factor: float = 0.001,
+    ):
+        warmup_steps = min(warmup_steps, max(length.total_steps - 1, 0))
+        steps = [max(epoch * length.steps_per_epoch - warmup_steps, 1) for epoch in milestones]
+        super().__init__(optimizer, MultiStepLR(optimizer, steps, gamma), warmup_steps, warmup_factor)
