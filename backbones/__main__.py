@@ -23,12 +23,12 @@ def describe(model: Pyramid, size: int) -> dict[str, object]:
     return {"params": params / 1e6, "gflops": counter.get_total_flops() / 1e9, "levels": levels}
 
 
-def latency_ms(model: Pyramid, size: int, batch: int = 1, repeats: int = 10) -> float:
+def latency_ms(model: Pyramid, size: int, batch: int = 1, repeats: int = 20) -> float:
     """Median wall time of one eval forward on this machine's CPU, after warm-up."""
     x = torch.randn(batch, 3, size, size)
     model.eval()
     with torch.inference_mode():
-        for _ in range(3):
+        for _ in range(5):
             model(x)
         times = []
         for _ in range(repeats):

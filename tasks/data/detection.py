@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Literal
 
 import albumentations as A
-import cv2
 import numpy as np
 import pytorch_lightning as pl
 import torch
@@ -192,8 +191,7 @@ def collate(batch):
 
 
 def seed_worker(worker_id: int) -> None:
-    """Give each loader worker its own augmentation stream; keep OpenCV to one thread per worker."""
-    cv2.setNumThreads(1)
+    """Give each loader worker its own augmentation stream."""
     info = get_worker_info()
     info.dataset.transform.set_random_seed(info.seed % 2**32)
 

@@ -9,6 +9,10 @@ import numpy as np
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
+# OpenCV's own thread pool fights the loader's worker processes for the cores, and a process that
+# forks after using it can deadlock in the child. Parallelism comes from the loader workers instead.
+cv2.setNumThreads(0)
+
 
 def read_image(path: str | Path) -> np.ndarray:
     """Decode ``path`` into an ``(H, W, 3)`` uint8 RGB array; grayscale and PNG images included.
