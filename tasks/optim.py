@@ -51,12 +51,25 @@ def param_groups(module: nn.Module, norm_weight_decay: float | None = 0.0) -> li
 
 
 class _Warmup(SequentialLR):
-    """Linear warm-up over ``warmup_steps``, then ``main``; stepped every optimizer step."""
+    """Linear warm-up over ``warmup_steps`` (at most all but one step), then the main schedule.
 
-    def __init__(self, optimizer: Optimizer, main: LRScheduler, warmup_steps: int, warmup_factor: float):
+    ``main`` builds the main schedule from the steps left after the warm-up; stepped every step.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        length: TrainingLength,
+        warmup_steps: int,
+        warmup_factor: float,
+        main: Callable[[int], LRScheduler],
+    ):
+        warmup_steps = min(warmup_steps, max(length.total_steps - 1, 0))
         start = warmup_factor if warmup_steps > 0 else 1.0  # SequentialLR needs a first scheduler
         warmup = LinearLR(optimizer, start_factor=start, total_iters=max(warmup_steps, 1))
-        super().__init__(optimizer, [warmup, main], milestones=[max(warmup_steps, 1)])
+        remaining = max(length.total_steps - max(warmup_steps, 1), 1)
+        super().__init__(optimizer, [warmup, main(remaining)], milestones=[max(warmup_steps, 1)])
+        self.warmup_steps = warmup_steps
 
 
 class WarmupCosineLR(_Warmup):
@@ -78,11 +91,9 @@ class WarmupCosineLR(_Warmup):
         warmup_factor: float = 0.001,
         min_lr_ratio: float = 0.0,
     ):
-        warmup_steps = min(warmup_steps, max(length.total_steps - 1, 0))
-        base = max(group["lr"] for group in optimizer.param_groups)
-        steps = max(length.total_steps - warmup_steps, 1)
-        cosine = CosineAnnealingLR(optimizer, T_max=steps, eta_min=base * min_lr_ratio)
-        super().__init__(optimizer, cosine, warmup_steps, warmup_factor)
+        floor = max(group["lr"] for group in optimizer.param_groups) * min_lr_ratio
+        super().__init__(optimizer, length, warmup_steps, warmup_factor,
+                         lambda steps: CosineAnnealingLR(optimizer, T_max=steps, eta_min=floor))
 
 
 class WarmupPolyLR(_Warmup):
@@ -104,9 +115,8 @@ class WarmupPolyLR(_Warmup):
         warmup_steps: int = 0,
         warmup_factor: float = 0.001,
     ):
-        warmup_steps = min(warmup_steps, max(length.total_steps - 1, 0))
-        poly = PolynomialLR(optimizer, total_iters=max(length.total_steps - warmup_steps, 1), power=power)
-        super().__init__(optimizer, poly, warmup_steps, warmup_factor)
+        super().__init__(optimizer, length, warmup_steps, warmup_factor,
+                         lambda steps: PolynomialLR(optimizer, total_iters=steps, power=power))
 
 
 class WarmupMultiStepLR(_Warmup):
@@ -130,6 +140,8 @@ class WarmupMultiStepLR(_Warmup):
         warmup_steps: int = 500,
         warmup_factor: float = 0.001,
     ):
-        warmup_steps = min(warmup_steps, max(length.total_steps - 1, 0))
-        steps = [max(epoch * length.steps_per_epoch - warmup_steps, 1) for epoch in milestones]
-        super().__init__(optimizer, MultiStepLR(optimizer, steps, gamma), warmup_steps, warmup_factor)
+        def main(steps: int) -> MultiStepLR:  # milestones count from the end of the warm-up
+            done = length.total_steps - steps
+            return MultiStepLR(optimizer, [max(e * length.steps_per_epoch - done, 1) for e in milestones], gamma)
+
+        super().__init__(optimizer, length, warmup_steps, warmup_factor, main)
