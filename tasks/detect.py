@@ -13,19 +13,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import pytorch_lightning as pl
 import torch
 from pytorch_lightning.cli import OptimizerCallable
 
 from backbones import Backbone, Pyramid
-from backbones._weights import load_weights, read_state_dict
 from heads.ssdlite import SSDLite
 
+from ._base import KestrelTask
 from .cli import KestrelCLI
 from .data.detection import DetectionData, DetectionSplit
-from .metrics import coco_detection_metrics, detections_to_coco, gather_by_index, voc_detection_metrics
-from .optim import SchedulerCallable, TrainingLength, WarmupCosineLR, param_groups
+from .metrics import coco_detection_metrics, detections_to_coco, voc_detection_metrics
+from .optim import SchedulerCallable, WarmupCosineLR
 from .report import write_report
 
 DETECTION_HEADLINE = ["map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100"]
@@ -39,7 +37,7 @@ def _is_torchvision_ssdlite(state: dict) -> bool:
     return "backbone.features.0.0.0.weight" in state and any(k.startswith("backbone.extra.") for k in state)
 
 
-class DetectionTask(pl.LightningModule):
+class DetectionTask(KestrelTask):
     """SSDLite detection as a LightningModule.
 
     Args:
@@ -69,53 +67,30 @@ class DetectionTask(pl.LightningModule):
         norm_weight_decay: float | None = 0.0,
         init_from: str | None = None,
     ):
-        super().__init__()
+        super().__init__(optimizer, scheduler, norm_weight_decay, init_from)
         self.model = head(backbone, num_classes, image_size)
         self.num_classes = num_classes
-        self.optimizer = optimizer
-        self.scheduler = scheduler
-        self.norm_weight_decay = norm_weight_decay
-        self.init_from = init_from
-        self._initialized = False
-        self._results: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._started = 0.0
 
-    # ----------------------------------------------------------------- weights
-    def setup(self, stage: str) -> None:
-        if self.init_from and not self._initialized:
-            self.load_init_weights(self.init_from)
-        self._initialized = True
-
-    def load_init_weights(self, path: str) -> None:
-        """Load ``init_from``: a Kestrel checkpoint/state dict, or torchvision SSDLite weights."""
-        state = read_state_dict(path)
-        if all(k.startswith("model.") for k in state):  # a Lightning checkpoint of this task
-            state = {k.removeprefix("model."): v for k, v in state.items()}
-        if _is_torchvision_ssdlite(state):
-            classes = state["head.classification_head.module_list.0.1.bias"].numel() // (
-                state["head.regression_head.module_list.0.1.bias"].numel() // 4
-            )
-            class_ids = None
-            if classes != self.num_classes + 1:
-                datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
-                ids = getattr(datamodule, "category_ids", None)
-                if not (classes == 91 and getattr(datamodule, "format", None) == "coco" and ids and max(ids) < 91):
-                    raise ValueError(
-                        f"init_from {path!r}: torchvision's head has {classes} classes with background, this "
-                        f"model {self.num_classes} + 1; only torchvision's 91-class COCO layout can be remapped "
-                        "(onto COCO data's categories)"
-                    )
-                class_ids = ids
-            state = self.model.from_torchvision(state, class_ids)
-        load_weights(self.model, state, repr(path))
-
-    # ----------------------------------------------------------------- training
-    def configure_optimizers(self):
-        optimizer = self.optimizer(param_groups(self.model, self.norm_weight_decay))
-        steps = int(self.trainer.estimated_stepping_batches)
-        epochs = max(self.trainer.max_epochs or 1, 1)
-        scheduler = self.scheduler(optimizer, TrainingLength(steps, max(steps // epochs, 1)))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    def convert_init_weights(self, path: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """torchvision's SSDLite weights become Kestrel's; its 91-class COCO layout maps onto COCO data."""
+        if not _is_torchvision_ssdlite(state):
+            return state
+        classes = state["head.classification_head.module_list.0.1.bias"].numel() // (
+            state["head.regression_head.module_list.0.1.bias"].numel() // 4
+        )
+        class_ids = None
+        if classes != self.num_classes + 1:
+            datamodule = getattr(self._trainer, "datamodule", None)
+            ids = getattr(datamodule, "category_ids", None)
+            if not (classes == 91 and getattr(datamodule, "format", None) == "coco" and ids and max(ids) < 91):
+                raise ValueError(
+                    f"init_from {path!r}: torchvision's head has {classes} classes with background, this "
+                    f"model {self.num_classes} + 1; only torchvision's 91-class COCO layout can be remapped "
+                    "(onto COCO data's categories)"
+                )
+            class_ids = ids
+        return self.model.from_torchvision(state, class_ids)
 
     @staticmethod
     def _images(batch_images: torch.Tensor) -> list[torch.Tensor]:
@@ -141,11 +116,8 @@ class DetectionTask(pl.LightningModule):
             height, width = info["size"]
             det["boxes"] = det["boxes"] * det["boxes"].new_tensor([width / size[1], height / size[0]] * 2)
             detections.append(det)
-            self._results[info["index"]] = tuple(det[k].cpu().numpy() for k in ("boxes", "scores", "labels"))
+            self.keep(info["index"], tuple(det[k].cpu().numpy() for k in ("boxes", "scores", "labels")))
         return detections
-
-    def on_validation_epoch_start(self) -> None:
-        self._results = {}
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._collect(batch)
@@ -153,13 +125,13 @@ class DetectionTask(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
-        metrics = self.evaluate(self.trainer.datamodule.split("val"), gather_by_index(self._results))
+        metrics = self.evaluate(self.trainer.datamodule.split("val"), self.gathered())
         self.log_dict({f"val/{k}": v for k, v in metrics.items() if isinstance(v, float) and k != "map"},
                       sync_dist=True)
         self.log("val/map", metrics["map"], prog_bar=True, sync_dist=True)
 
     def on_test_epoch_start(self) -> None:
-        self._results = {}
+        super().on_test_epoch_start()
         self._started = time.perf_counter()
 
     def test_step(self, batch, batch_idx: int) -> None:
@@ -167,9 +139,9 @@ class DetectionTask(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         split = self.trainer.datamodule.split("test")
-        metrics = self.evaluate(split, gather_by_index(self._results))
+        metrics = self.evaluate(split, self.gathered())
         self.log_dict({f"test/{k}": v for k, v in metrics.items() if isinstance(v, float)}, sync_dist=True)
-        log_dir = self.trainer.log_dir  # a collective under DDP: every process asks
+        log_dir = self.log_dir()
         if self.trainer.is_global_zero:
             folder = self._write_report(log_dir, split, metrics, time.perf_counter() - self._started)
             print(f"Evaluation report: {folder / 'report.md'} (numbers in {folder / 'metrics.json'})")
@@ -216,16 +188,13 @@ class DetectionTask(pl.LightningModule):
         return write_report(log_dir, "Detection report", metrics, headline, columns, run, notes)
 
     # ----------------------------------------------------------------- prediction
-    def on_predict_epoch_start(self) -> None:
-        self._results = {}
-
     def predict_step(self, batch, batch_idx: int) -> list[dict[str, torch.Tensor]]:
         """Per image ``{"boxes", "scores", "labels"}``, boxes in original image coordinates."""
         return self._collect(batch)
 
     def on_predict_epoch_end(self) -> None:
-        results = gather_by_index(self._results)
-        log_dir = self.trainer.log_dir  # a collective under DDP: every process asks
+        results = self.gathered()
+        log_dir = self.log_dir()
         if not self.trainer.is_global_zero:
             return
         split = self.trainer.datamodule.split("predict")

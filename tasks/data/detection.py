@@ -16,10 +16,10 @@ from typing import Literal
 
 import albumentations as A
 import numpy as np
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import Dataset
 
+from ._module import KestrelDataModule
 from .coco import load_coco
 from .images import check_files_exist, list_images, read_image
 from .transforms import DetectionPreset, detection_transform
@@ -190,19 +190,13 @@ def collate(batch):
     return torch.stack(images), list(targets), list(meta)
 
 
-def seed_worker(worker_id: int) -> None:
-    """Give each loader worker its own augmentation stream."""
-    info = get_worker_info()
-    info.dataset.transform.set_random_seed(info.seed % 2**32)
-
-
 def _default_split(format: str, stage: str) -> str:
     if format == "coco":
         return "train2017" if stage == "train" else "val2017"
     return "train" if stage == "train" else "val"
 
 
-class DetectionData(pl.LightningDataModule):
+class DetectionData(KestrelDataModule):
     """COCO or VOC detection data for ``python -m tasks.detect``.
 
     Args:
@@ -240,7 +234,7 @@ class DetectionData(pl.LightningDataModule):
         predict_dir: str | None = None,
         pin_memory: bool = True,
     ):
-        super().__init__()
+        super().__init__(batch_size, num_workers, pin_memory, collate)
         if format not in ("coco", "voc"):
             raise ValueError(f"data.format must be 'coco' or 'voc', got {format!r}")
         if format == "coco" and (classes or train_roots):
@@ -253,12 +247,8 @@ class DetectionData(pl.LightningDataModule):
         self.train_roots = train_roots or [root]
         self.image_size = image_size
         self.augment = augment
-        self.batch_size = batch_size
-        self.num_workers = num_workers
         self.use_difficult = use_difficult
         self.predict_dir = predict_dir
-        self.pin_memory = pin_memory
-        self._splits: dict[str, DetectionSplit] = {}
         if format == "voc":
             self.class_names = list(classes or VOC_CLASSES)
             self.category_ids = list(range(1, len(self.class_names) + 1))
@@ -270,55 +260,23 @@ class DetectionData(pl.LightningDataModule):
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def split(self, stage: Literal["train", "val", "test", "predict"]) -> DetectionSplit:
-        """The parsed split a stage uses (parsed once)."""
-        if stage not in self._splits:
-            if stage == "predict" and self.predict_dir:
-                split = folder_split(self.predict_dir, self.class_names, self.category_ids)
+    def load_split(self, stage: str) -> DetectionSplit:
+        if stage == "predict" and self.predict_dir:
+            split = folder_split(self.predict_dir, self.class_names, self.category_ids)
+        else:
+            name = {"train": self.train_split, "val": self.val_split}.get(stage, self.test_split)
+            if self.format == "coco":
+                split = coco_detection_split(self.root, name)
             else:
-                name = {"train": self.train_split, "val": self.val_split}.get(stage, self.test_split)
-                if self.format == "coco":
-                    split = coco_detection_split(self.root, name)
-                else:
-                    roots = self.train_roots if stage == "train" else [self.root]
-                    split = voc_detection_split(roots, name, self.class_names, self.use_difficult and stage == "train")
-                if self._splits and split.category_ids != self.category_ids:
-                    raise ValueError(
-                        f"{split.description} has categories {split.category_ids}, the other splits "
-                        f"{self.category_ids}: every split must name the same categories"
-                    )
-            check_files_exist([r.file for r in split.records], split.description)
-            self._splits[stage] = split
-        return self._splits[stage]
+                roots = self.train_roots if stage == "train" else [self.root]
+                split = voc_detection_split(roots, name, self.class_names, self.use_difficult and stage == "train")
+            if self._splits and split.category_ids != self.category_ids:
+                raise ValueError(
+                    f"{split.description} has categories {split.category_ids}, the other splits "
+                    f"{self.category_ids}: every split must name the same categories"
+                )
+        check_files_exist([r.file for r in split.records], split.description)
+        return split
 
-    def setup(self, stage: str) -> None:
-        stages = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
-        for s in stages[stage]:
-            self.split(s)
-
-    def _loader(self, stage: str, train: bool) -> DataLoader:
-        records = self.split(stage).records
-        dataset = DetectionDataset(records, detection_transform(self.augment, self.image_size, train))
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=train,
-            drop_last=train and len(dataset) > self.batch_size,  # a batch of one breaks batch norm at 1x1
-            num_workers=self.num_workers,
-            collate_fn=collate,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
-            worker_init_fn=seed_worker,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict", train=False)
+    def dataset(self, split: DetectionSplit, train: bool) -> DetectionDataset:
+        return DetectionDataset(split.records, detection_transform(self.augment, self.image_size, train))
