@@ -10,7 +10,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 DEMO_DATA := data/shapes
 DEMO_CONFIG := configs/demo/ssdlite_mbv3_shapes.yaml
 
-.PHONY: install test test-all demo bench lint clean
+.PHONY: install test test-all demo demo-segment demo-pose bench lint clean
 
 install: $(STAMP)
 
@@ -32,6 +32,14 @@ $(DEMO_DATA)/coco/annotations/instances_val2017.json: | install
 demo: install $(DEMO_DATA)/coco/annotations/instances_val2017.json  ## train SSDLite on the synthetic data, then test
 	$(PY) -m tasks.detect fit --config $(DEMO_CONFIG)
 	$(PY) -m tasks.detect test --config $(DEMO_CONFIG) --ckpt_path best
+
+demo-segment: install $(DEMO_DATA)/coco/annotations/instances_val2017.json  ## DeepLabV3+ on the synthetic VOC folder
+	$(PY) -m tasks.segment fit --config configs/demo/deeplabv3plus_mbv2_shapes.yaml
+	$(PY) -m tasks.segment test --config configs/demo/deeplabv3plus_mbv2_shapes.yaml --ckpt_path best
+
+demo-pose: install $(DEMO_DATA)/coco/annotations/instances_val2017.json  ## top-down pose on the synthetic keypoints
+	$(PY) -m tasks.pose fit --config configs/demo/pose_mbv2_shapes.yaml
+	$(PY) -m tasks.pose test --config configs/demo/pose_mbv2_shapes.yaml --ckpt_path best
 
 bench: install $(DEMO_DATA)/coco/annotations/instances_val2017.json  ## speed, measured (never asserted in tests)
 	$(PY) -m backbones --size 320 --time

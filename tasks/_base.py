@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -19,8 +21,12 @@ class KestrelTask(pl.LightningModule):
 
     Optimizer parameter groups keep norm weights and biases out of weight decay; the scheduler is
     stepped every optimizer step and told the training length. ``init_from`` is loaded at setup, so
-    a ``--ckpt_path`` restored afterwards wins. Evaluation steps store per-image results with
-    :meth:`keep`; :meth:`gathered` merges them across processes, each image counted once.
+    a ``--ckpt_path`` restored afterwards wins.
+
+    Evaluation: a subclass's :meth:`collect` stores per-image results of a batch with :meth:`keep`;
+    :meth:`gathered` merges them across processes (each image counted once) and :meth:`evaluate`
+    turns them into metrics, logged as ``val/*`` and ``test/*`` (``main_metric`` on the progress bar);
+    ``test`` then writes the report through :meth:`write_report` and prints where it is.
 
     Args:
         optimizer: Builds the optimizer from parameter groups.
@@ -28,6 +34,8 @@ class KestrelTask(pl.LightningModule):
         norm_weight_decay: Weight decay of norm weights and biases (None: the optimizer's).
         init_from: Weights for the whole model (a Kestrel checkpoint or state dict).
     """
+
+    main_metric = "map"  # on the progress bar; each task sets its own
 
     def __init__(
         self,
@@ -43,6 +51,7 @@ class KestrelTask(pl.LightningModule):
         self.init_from = init_from
         self._initialized = False
         self._results: dict[int, Any] = {}
+        self._started = 0.0
 
     def setup(self, stage: str) -> None:
         if self.init_from and not self._initialized:
@@ -83,9 +92,48 @@ class KestrelTask(pl.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._results = {}
+        self._started = time.perf_counter()
 
     def on_predict_epoch_start(self) -> None:
         self._results = {}
+
+    # evaluation, shared by every task
+    def collect(self, batch) -> Any:
+        """Predict a batch and :meth:`keep` each image's result."""
+        raise NotImplementedError
+
+    def evaluate(self, split: Any, results: dict[int, Any]) -> dict:
+        """The metrics of a split's gathered ``results``."""
+        raise NotImplementedError
+
+    def write_report(self, log_dir: str, split: Any, metrics: dict, seconds: float) -> Path:
+        """Write ``report/`` into ``log_dir``; return the folder."""
+        raise NotImplementedError
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.collect(batch)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self.collect(batch)
+
+    def _log_metrics(self, stage: str, metrics: dict) -> None:
+        numbers = {f"{stage}/{k}": v for k, v in metrics.items() if isinstance(v, float) and k != self.main_metric}
+        self.log_dict(numbers, sync_dist=True)
+        self.log(f"{stage}/{self.main_metric}", metrics[self.main_metric], prog_bar=True, sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        self._log_metrics("val", self.evaluate(self.trainer.datamodule.split("val"), self.gathered()))
+
+    def on_test_epoch_end(self) -> None:
+        split = self.trainer.datamodule.split("test")
+        metrics = self.evaluate(split, self.gathered())
+        self._log_metrics("test", metrics)
+        log_dir = self.log_dir()
+        if self.trainer.is_global_zero:
+            folder = self.write_report(log_dir, split, metrics, time.perf_counter() - self._started)
+            print(f"Evaluation report: {folder / 'report.md'} (numbers in {folder / 'metrics.json'})")
 
     def log_dir(self) -> str:
         """The run's log folder; a collective under DDP, so every process must ask."""

@@ -9,7 +9,7 @@ from pytorch_lightning.cli import LightningCLI
 
 
 class KestrelCLI(LightningCLI):
-    """LightningCLI with ``data.num_classes`` linked to the model, and checkpoints on a validation metric.
+    """LightningCLI with data properties linked to the model, and checkpoints on a validation metric.
 
     ``ModelCheckpoint`` (``checkpoint.*``) keeps ``best.ckpt`` by ``monitor`` and ``last.ckpt``.
     ``validate``, ``test`` and ``predict`` accept ``--ckpt_path best`` or ``last``: the newest such
@@ -19,11 +19,15 @@ class KestrelCLI(LightningCLI):
         model_class: The task's LightningModule.
         datamodule_class: Its LightningDataModule.
         monitor: Validation metric to keep the best checkpoint by (higher is better).
+        links: Data-module attributes that are model arguments: ``{"data.x": "model.y"}``
+            (``data.num_classes`` -> ``model.num_classes`` by default).
         args: Command-line arguments; ``sys.argv`` if None.
     """
 
-    def __init__(self, model_class, datamodule_class, monitor: str, args: list[str] | None = None):
+    def __init__(self, model_class, datamodule_class, monitor: str, links: dict[str, str] | None = None,
+                 args: list[str] | None = None):
         self.monitor = monitor
+        self.links = links if links is not None else {"data.num_classes": "model.num_classes"}
         super().__init__(
             model_class,
             datamodule_class,
@@ -33,7 +37,8 @@ class KestrelCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        for source, target in self.links.items():
+            parser.link_arguments(source, target, apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": self.monitor,

@@ -9,7 +9,6 @@ COCOeval on the data set's own ground truth; VOC07/VOC12 mAP@0.5 too on VOC data
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,6 +55,8 @@ class DetectionTask(KestrelTask):
             COCO layout remapped to the data's categories, or any matching class count).
     """
 
+    main_metric = "map"
+
     def __init__(
         self,
         backbone: Backbone | Pyramid,
@@ -70,7 +71,6 @@ class DetectionTask(KestrelTask):
         super().__init__(optimizer, scheduler, norm_weight_decay, init_from)
         self.model = head(backbone, num_classes, image_size)
         self.num_classes = num_classes
-        self._started = 0.0
 
     def convert_init_weights(self, path: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """torchvision's SSDLite weights become Kestrel's; its 91-class COCO layout maps onto COCO data."""
@@ -107,7 +107,7 @@ class DetectionTask(KestrelTask):
         return loss
 
     # ----------------------------------------------------------------- evaluation
-    def _collect(self, batch) -> list[dict[str, torch.Tensor]]:
+    def collect(self, batch) -> list[dict[str, torch.Tensor]]:
         """Detect, map boxes back to each image's original size, keep them by image index."""
         images, _, meta = batch
         size = images.shape[-2:]
@@ -118,33 +118,6 @@ class DetectionTask(KestrelTask):
             detections.append(det)
             self.keep(info["index"], tuple(det[k].cpu().numpy() for k in ("boxes", "scores", "labels")))
         return detections
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._collect(batch)
-
-    def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:
-            return
-        metrics = self.evaluate(self.trainer.datamodule.split("val"), self.gathered())
-        self.log_dict({f"val/{k}": v for k, v in metrics.items() if isinstance(v, float) and k != "map"},
-                      sync_dist=True)
-        self.log("val/map", metrics["map"], prog_bar=True, sync_dist=True)
-
-    def on_test_epoch_start(self) -> None:
-        super().on_test_epoch_start()
-        self._started = time.perf_counter()
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._collect(batch)
-
-    def on_test_epoch_end(self) -> None:
-        split = self.trainer.datamodule.split("test")
-        metrics = self.evaluate(split, self.gathered())
-        self.log_dict({f"test/{k}": v for k, v in metrics.items() if isinstance(v, float)}, sync_dist=True)
-        log_dir = self.log_dir()
-        if self.trainer.is_global_zero:
-            folder = self._write_report(log_dir, split, metrics, time.perf_counter() - self._started)
-            print(f"Evaluation report: {folder / 'report.md'} (numbers in {folder / 'metrics.json'})")
 
     def evaluate(self, split: DetectionSplit, results: dict[int, tuple]) -> dict:
         """COCO metrics (and VOC07/VOC12 for VOC data) of ``results`` ({record index: detections})."""
@@ -163,7 +136,7 @@ class DetectionTask(KestrelTask):
                 metrics["per_class"][name].update(values)
         return metrics
 
-    def _write_report(self, log_dir: str, split: DetectionSplit, metrics: dict, seconds: float) -> Path:
+    def write_report(self, log_dir: str, split: DetectionSplit, metrics: dict, seconds: float) -> Path:
         voc = split.voc_gt is not None
         ckpt = getattr(self.trainer, "ckpt_path", None)
         run = {
@@ -185,12 +158,12 @@ class DetectionTask(KestrelTask):
                          "numbers difficult objects are crowd regions.")
         headline = DETECTION_HEADLINE + (["voc07_map_50", "voc12_map_50"] if voc else [])
         columns = ["ap", "ap_50"] + (["voc07_ap_50", "voc12_ap_50"] if voc else [])
-        return write_report(log_dir, "Detection report", metrics, headline, columns, run, notes)
+        return write_report(log_dir, "Detection report", metrics, headline, metrics["per_class"], columns, run, notes)
 
     # ----------------------------------------------------------------- prediction
     def predict_step(self, batch, batch_idx: int) -> list[dict[str, torch.Tensor]]:
         """Per image ``{"boxes", "scores", "labels"}``, boxes in original image coordinates."""
-        return self._collect(batch)
+        return self.collect(batch)
 
     def on_predict_epoch_end(self) -> None:
         results = self.gathered()

@@ -17,6 +17,7 @@ def write_report(
     title: str,
     metrics: Mapping[str, Any],
     headline: list[str],
+    per_class: Mapping[str, Mapping[str, Any]],
     per_class_columns: list[str],
     run: Mapping[str, Any],
     notes: list[str] = (),
@@ -26,8 +27,9 @@ def write_report(
     Args:
         log_dir: The run's log folder.
         title: First heading of the markdown.
-        metrics: The numbers (``per_class``: name -> {column: value}); None means undefined.
+        metrics: The numbers, written as they are to ``metrics.json``; None means undefined.
         headline: Keys of ``metrics`` shown first.
+        per_class: Per class name, {column: value}.
         per_class_columns: Columns of the per-class table, the first one sorting it (worst first).
         run: What produced the numbers (task, backbone, data, checkpoint, ...).
         notes: Lines explaining how to read the numbers.
@@ -37,7 +39,6 @@ def write_report(
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     lines = [f"# {title}", "", "| metric | value |", "|---|---:|"]
     lines += [f"| {key} | {_fmt(metrics.get(key))} |" for key in headline]
-    per_class = metrics.get("per_class") or {}
     if per_class:
         key = per_class_columns[0]
         order = sorted(per_class, key=lambda n: (per_class[n].get(key) is not None, per_class[n].get(key) or 0.0))

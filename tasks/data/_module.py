@@ -13,11 +13,12 @@ STAGES = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "pre
 
 
 def seed_worker(worker_id: int) -> None:
-    """Give each loader worker its own augmentation stream (albumentations seeds from its own RNG)."""
+    """Give each loader worker its own augmentation stream (the dataset's or its albumentations pipeline's)."""
     info = get_worker_info()
-    transform = getattr(info.dataset, "transform", None)
-    if hasattr(transform, "set_random_seed"):
-        transform.set_random_seed(info.seed % 2**32)
+    for owner in (info.dataset, getattr(info.dataset, "transform", None)):
+        if hasattr(owner, "set_random_seed"):
+            owner.set_random_seed(info.seed % 2**32)
+            return
 
 
 class KestrelDataModule(pl.LightningDataModule):

@@ -30,6 +30,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
+from .voc import VOC_PALETTE
+
 # id -> name; ids have gaps on purpose, and person keeps COCO's id 1.
 CATEGORIES = {1: "person", 3: "circle", 4: "square", 8: "triangle"}
 SHAPES = ("circle", "square", "triangle")
@@ -56,14 +58,6 @@ _POSE = {
 _LIMBS = [("left_shoulder", "left_elbow"), ("left_elbow", "left_wrist"), ("right_shoulder", "right_elbow"),
           ("right_elbow", "right_wrist"), ("left_hip", "left_knee"), ("left_knee", "left_ankle"),
           ("right_hip", "right_knee"), ("right_knee", "right_ankle")]
-# VOC's colour map (label i -> colour), as in VOC's SegmentationClass PNGs.
-VOC_PALETTE = [c for i in range(256) for c in (
-    sum(((i >> (3 * b)) & 1) << (7 - b) for b in range(8)),
-    sum(((i >> (3 * b + 1)) & 1) << (7 - b) for b in range(8)),
-    sum(((i >> (3 * b + 2)) & 1) << (7 - b) for b in range(8)),
-)]
-
-
 @dataclass
 class Instance:
     category: str

@@ -13,6 +13,13 @@ VOC_CLASSES = (
     "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )
 
+# VOC's colour map (label i -> colour), as in VOC's SegmentationClass PNGs; 255 (void) is near-white.
+VOC_PALETTE = [c for i in range(256) for c in (
+    sum(((i >> (3 * b)) & 1) << (7 - b) for b in range(8)),
+    sum(((i >> (3 * b + 1)) & 1) << (7 - b) for b in range(8)),
+    sum(((i >> (3 * b + 2)) & 1) << (7 - b) for b in range(8)),
+)]
+
 
 def read_split(root: str | Path, kind: str, split: str) -> list[str]:
     """Image ids of ``ROOT/ImageSets/{kind}/{split}.txt`` (``kind``: Main or Segmentation)."""

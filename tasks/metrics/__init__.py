@@ -2,13 +2,16 @@
 
 from .coco import COCO_DETECTION_KEYS, coco_detection_metrics, detections_to_coco
 from .gather import gather_by_index
+from .segmentation import confusion_matrix, segmentation_metrics
 from .voc import voc_ap, voc_detection_metrics
 
 __all__ = [
     "COCO_DETECTION_KEYS",
     "coco_detection_metrics",
+    "confusion_matrix",
     "detections_to_coco",
     "gather_by_index",
+    "segmentation_metrics",
     "voc_ap",
     "voc_detection_metrics",
 ]

@@ -1,0 +1,104 @@
+"""DeepLabV3+ semantic segmentation on any Kestrel pyramid, with segmentation_models_pytorch's decoder.
+
+DeepLabV3+ (Chen et al. 2018): atrous spatial pyramid pooling (ASPP, with an image-pooling branch)
+on the deepest level, upsampled and fused with the stride-4 level projected to 48 channels, refined
+by separable 3x3 convolutions and upsampled to the input. The decoder and the final layer are smp's
+``DeepLabV3PlusDecoder`` and ``SegmentationHead``; an optional auxiliary head (torchvision's
+``FCNHead``) on a stride-16 level helps training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from segmentation_models_pytorch.base.heads import SegmentationHead
+from segmentation_models_pytorch.decoders.deeplabv3.decoder import DeepLabV3PlusDecoder
+from torch import nn
+from torchvision.models.segmentation.fcn import FCNHead
+
+from backbones import Pyramid
+
+
+class DeepLabV3Plus(nn.Module):
+    """DeepLabV3+ over a backbone dilated to output stride 16 or 8, on images of any size.
+
+    Inputs are ``(N, 3, H, W)`` images in [0, 1]; the model normalizes them, pads them to a multiple of
+    the output stride (smp's decoder upsamples by fixed factors) and crops the logits back, so the
+    output is ``{"out": (N, num_classes + 1, H, W)}`` (and ``"aux"`` with the auxiliary head). Label 0 is
+    background.
+
+    Args:
+        backbone: A pyramid with a stride-4 level and its deepest level at stride 16 or 8, e.g.
+            ``Backbone("mobilenet_v2", levels=[4, 32], output_stride=16)``.
+        num_classes: Object classes, background not counted.
+        decoder_channels: Width of ASPP and decoder.
+        atrous_rates: ASPP rates; (6, 12, 18) at output stride 16 and (12, 24, 36) at 8 by default,
+            as in the paper.
+        separable: Depthwise-separable ASPP convolutions.
+        aspp_dropout: Dropout after ASPP's projection.
+        aux_level: Name of the level feeding an auxiliary FCN head (e.g. ``"C4"``), or None.
+        image_mean: Input normalization; the backbone's if None.
+        image_std: As ``image_mean``.
+    """
+
+    def __init__(
+        self,
+        backbone: Pyramid,
+        num_classes: int,
+        decoder_channels: int = 256,
+        atrous_rates: Sequence[int] | None = None,
+        separable: bool = True,
+        aspp_dropout: float = 0.5,
+        aux_level: str | None = None,
+        image_mean: Sequence[float] | None = None,
+        image_std: Sequence[float] | None = None,
+    ):
+        super().__init__()
+        info = backbone.feature_info
+        deepest = info[-1]
+        if deepest.stride not in (8, 16):
+            raise ValueError(
+                f"DeepLabV3+ needs the backbone dilated to output stride 16 or 8, but its deepest level "
+                f"{deepest.name} has stride {deepest.stride}: set model.backbone.output_stride to 16 or 8"
+            )
+        stride4 = [level for level in info if level.stride == 4]
+        if not stride4:
+            raise ValueError(
+                f"DeepLabV3+ needs a stride-4 level, the backbone has strides {info.strides()}: add 4 to "
+                "model.backbone.levels"
+            )
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        self.backbone = backbone
+        self.low_level = stride4[-1].name
+        self.output_stride = deepest.stride
+        rates = tuple(atrous_rates or ((6, 12, 18) if deepest.stride == 16 else (12, 24, 36)))
+        # smp's decoder reads the high-resolution features at index 2 and the deepest at -1.
+        channels = [0, 0, stride4[-1].channels, deepest.channels]
+        self.decoder = DeepLabV3PlusDecoder(channels, 5, decoder_channels, rates, deepest.stride, separable,
+                                            aspp_dropout)
+        self.segmentation_head = SegmentationHead(decoder_channels, num_classes + 1, kernel_size=1, upsampling=4)
+        self.aux_head = None
+        if aux_level is not None:
+            self.aux_head = FCNHead(info[aux_level].channels, num_classes + 1)
+        self.aux_level = aux_level
+        self.num_classes = num_classes
+        self.register_buffer("mean", torch.tensor(image_mean or backbone.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(image_std or backbone.std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        height, width = images.shape[-2:]
+        stride = self.output_stride
+        x = (images - self.mean) / self.std
+        x = F.pad(x, (0, -width % stride, 0, -height % stride))  # zeros: the mean colour
+        features = self.backbone(x)
+        decoded = self.decoder([x, x, features[self.low_level], next(reversed(features.values()))])
+        out = {"out": self.segmentation_head(decoded)[..., :height, :width]}
+        if self.aux_head is not None:
+            aux = self.aux_head(features[self.aux_level])
+            out["aux"] = F.interpolate(aux, size=x.shape[-2:], mode="bilinear", align_corners=False)[
+                ..., :height, :width
+            ]
+        return out

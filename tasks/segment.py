@@ -1,0 +1,157 @@
+"""Semantic segmentation: ``python -m tasks.segment {fit,validate,test,predict} --config CONFIG.yaml``.
+
+Trains and evaluates DeepLabV3+ on any Kestrel backbone, on VOC or COCO folders. Evaluation runs at
+each image's own resolution (logits resized back before the metric). ``test`` writes
+``report/metrics.json`` (``miou``, ``pixel_accuracy``, ``per_class_iou``) and ``report/report.md``;
+``predict`` writes one palette PNG of class indices per image into ``predictions/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from pytorch_lightning.cli import OptimizerCallable
+from segmentation_models_pytorch.losses import DiceLoss
+
+from backbones import Backbone, Pyramid
+from heads.deeplabv3plus import DeepLabV3Plus
+
+from ._base import KestrelTask
+from .cli import KestrelCLI
+from .data.segmentation import VOID, SegmentationData, SegmentationSplit
+from .data.voc import VOC_PALETTE
+from .metrics import confusion_matrix, segmentation_metrics
+from .optim import SchedulerCallable, WarmupPolyLR
+from .report import write_report
+
+
+def _sgd(params) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
+
+
+class SegmentationTask(KestrelTask):
+    """DeepLabV3+ semantic segmentation as a LightningModule.
+
+    Args:
+        backbone: The feature pyramid, dilated to output stride 16 or 8 with a stride-4 level:
+            ``{name: mobilenet_v2, levels: [4, 32], output_stride: 16}`` or any pyramid by ``class_path``.
+        num_classes: Object classes without background (linked from ``data.num_classes``).
+        head: Builds the model from the backbone and ``num_classes``: DeepLabV3+ and its options.
+        optimizer: Builds the optimizer from parameter groups; SGD (momentum 0.9) by default.
+        scheduler: Builds the step-wise schedule; the DeepLab papers' "poly" decay by default.
+        norm_weight_decay: Weight decay of norm weights and biases (None: the optimizer's).
+        aux_weight: Weight of the auxiliary head's loss (when the head has one).
+        dice_weight: Weight of a Dice loss added to the cross-entropy (0: none).
+        init_from: Weights for the whole model (a Kestrel checkpoint or state dict).
+    """
+
+    main_metric = "miou"
+
+    def __init__(
+        self,
+        backbone: Backbone | Pyramid,
+        num_classes: int,
+        head: Callable[[Pyramid, int], DeepLabV3Plus] = DeepLabV3Plus,
+        optimizer: OptimizerCallable = _sgd,
+        scheduler: SchedulerCallable = WarmupPolyLR,
+        norm_weight_decay: float | None = 0.0,
+        aux_weight: float = 0.4,
+        dice_weight: float = 0.0,
+        init_from: str | None = None,
+    ):
+        super().__init__(optimizer, scheduler, norm_weight_decay, init_from)
+        self.model = head(backbone, num_classes)
+        self.num_classes = num_classes
+        self.aux_weight = aux_weight
+        self.dice_weight = dice_weight
+        self.dice = DiceLoss("multiclass", ignore_index=VOID) if dice_weight else None
+        self._predictions: Path | None = None
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, masks, _ = batch
+        target = torch.stack(masks)
+        out = self.model(images.float().div_(255))
+        losses = {"ce": F.cross_entropy(out["out"], target, ignore_index=VOID)}
+        if "aux" in out:
+            losses["aux"] = self.aux_weight * F.cross_entropy(out["aux"], target, ignore_index=VOID)
+        if self.dice is not None:
+            losses["dice"] = self.dice_weight * self.dice(out["out"], target)
+        loss = sum(losses.values())
+        self.log_dict({"train/loss": loss, **{f"train/{k}": v for k, v in losses.items()}},
+                      prog_bar=True, batch_size=len(images))
+        return loss
+
+    # ----------------------------------------------------------------- evaluation
+    def _labels(self, batch) -> list[torch.Tensor]:
+        """Per image, the predicted labels at its own resolution."""
+        images, _, meta = batch
+        logits = self.model(images.float().div_(255))["out"]
+        return [
+            F.interpolate(logit[None], size=info["size"], mode="bilinear", align_corners=False)[0].argmax(0)
+            for logit, info in zip(logits, meta)
+        ]
+
+    def collect(self, batch) -> None:
+        _, masks, meta = batch
+        labels = self.num_classes + 1
+        for prediction, mask, info in zip(self._labels(batch), masks, meta):
+            self.keep(info["index"], confusion_matrix(prediction, mask, labels).cpu().numpy())
+
+    def evaluate(self, split: SegmentationSplit, results: dict[int, np.ndarray]) -> dict:
+        """mIoU, pixel accuracy and per-class IoU of the summed per-image confusion matrices."""
+        return segmentation_metrics(np.sum(list(results.values()), axis=0), ["background", *split.class_names])
+
+    def write_report(self, log_dir: str, split: SegmentationSplit, metrics: dict, seconds: float) -> Path:
+        datamodule = self.trainer.datamodule
+        run = {
+            "task": "semantic segmentation (DeepLabV3+)",
+            "backbone": getattr(self.model.backbone, "name", type(self.model.backbone).__name__),
+            "output stride": self.model.output_stride,
+            "input size": f"{datamodule.image_size}x{datamodule.image_size}, logits resized to each image's size",
+            "data": split.description,
+            "images": len(split.records),
+            "checkpoint": getattr(self.trainer, "ckpt_path", None) or self.init_from or "none",
+            "evaluation time (s)": f"{seconds:.1f}",
+        }
+        notes = [
+            "IoU = TP / (TP + FP + FN) over every pixel of the split; void pixels (255) are ignored.",
+            "n/a: a class absent from both ground truth and predictions has no IoU and is left out of the mean.",
+        ]
+        per_class = {name: {"iou": v} for name, v in metrics["per_class_iou"].items()}
+        return write_report(log_dir, "Segmentation report", metrics, ["miou", "pixel_accuracy"], per_class,
+                            ["iou"], run, notes)
+
+    # ----------------------------------------------------------------- prediction
+    def on_predict_epoch_start(self) -> None:
+        super().on_predict_epoch_start()
+        self._predictions = Path(self.log_dir()) / "predictions"
+        self._predictions.mkdir(parents=True, exist_ok=True)
+
+    def predict_step(self, batch, batch_idx: int) -> list[torch.Tensor]:
+        """Per image, its labels at its own size; each is also written as ``predictions/<image>.png``."""
+        labels = self._labels(batch)
+        records = self.trainer.datamodule.split("predict").records
+        for prediction, info in zip(labels, batch[2]):
+            png = Image.fromarray(prediction.to(torch.uint8).cpu().numpy(), mode="P")
+            png.putpalette(VOC_PALETTE)
+            png.save(self._predictions / f"{records[info['index']].file.stem}.png")
+        return labels
+
+    def on_predict_epoch_end(self) -> None:
+        if self.trainer.is_global_zero:
+            count = len(list(self._predictions.glob("*.png")))
+            print(f"Predictions: {self._predictions} ({count} palette PNGs of class indices)")
+
+
+def cli_main(args: list[str] | None = None) -> KestrelCLI:
+    """Run the segmentation command line (``args`` as on the command line; ``sys.argv`` if None)."""
+    return KestrelCLI(SegmentationTask, SegmentationData, monitor="val/miou", args=args)
+
+
+if __name__ == "__main__":
+    cli_main()

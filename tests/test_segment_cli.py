@@ -1,0 +1,91 @@
+"""``python -m tasks.segment`` end to end, in-process: fit, test, predict on a few synthetic images."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tasks.data.synthetic import VOC_SYNTHETIC_CLASSES, generate
+from tasks.segment import cli_main
+
+CONFIG = str(Path(__file__).parents[1] / "configs" / "demo" / "deeplabv3plus_mbv2_shapes.yaml")
+
+
+def small(root, run_dir, *extra):
+    return [
+        "--config", CONFIG, "--data.root", str(root), "--data.image_size", "96", "--data.batch_size", "4",
+        "--data.num_workers", "0", "--trainer.default_root_dir", str(run_dir), "--trainer.enable_progress_bar",
+        "false", "--trainer.logger.class_path", "pytorch_lightning.loggers.CSVLogger",
+        "--trainer.logger.init_args.save_dir", str(run_dir), *extra,
+    ]
+
+
+def latest_version(run_dir: Path) -> Path:
+    return max((run_dir / "lightning_logs").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("shapes"), train=12, val=5, seed=5, progress=False)
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    cli_main(["fit", *small(data / "voc", run_dir, "--trainer.max_epochs", "5", "--trainer.log_every_n_steps", "1",
+                            "--model.scheduler.init_args.warmup_steps", "2")])
+    return run_dir
+
+
+def test_fit_lowers_the_loss(trained):
+    rows = list(csv.DictReader(open(latest_version(trained) / "metrics.csv")))
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(losses) >= 10 and sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
+    assert any(r.get("val/miou") for r in rows)
+    assert (latest_version(trained) / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_test_writes_the_report(data, trained, capsys):
+    cli_main(["test", *small(data / "voc", trained, "--ckpt_path", "best")])
+    assert "Evaluation report:" in capsys.readouterr().out
+    report = latest_version(trained) / "report"
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert 0.0 <= metrics["miou"] <= 1.0 and 0.0 <= metrics["pixel_accuracy"] <= 1.0
+    assert list(metrics["per_class_iou"]) == ["background", *VOC_SYNTHETIC_CLASSES]
+    assert f"| miou | {metrics['miou']:.4f} |" in (report / "report.md").read_text()
+
+
+def test_predict_writes_a_palette_png_per_image_at_its_size(data, trained):
+    cli_main(["predict", *small(data / "voc", trained, "--ckpt_path", "last")])
+    folder = latest_version(trained) / "predictions"
+    stems = (data / "voc" / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
+    assert sorted(p.stem for p in folder.glob("*.png")) == sorted(stems)
+    for stem in stems:
+        with Image.open(folder / f"{stem}.png") as png, Image.open(data / "voc" / "JPEGImages" / f"{stem}.jpg") as im:
+            assert png.mode == "P" and png.size == im.size
+            assert np.array(png).max() <= len(VOC_SYNTHETIC_CLASSES)
+
+
+def test_coco_format_data(data, trained):
+    ckpt = str(latest_version(trained).parent / "version_0" / "checkpoints" / "best.ckpt")
+    cli_main(["test", *small(data / "coco", trained, "--data.format", "coco", "--data.classes", "null",
+                             "--model.init_from", ckpt)])
+    metrics = json.loads((latest_version(trained) / "report" / "metrics.json").read_text())
+    assert list(metrics["per_class_iou"]) == ["background", "person", "circle", "square", "triangle"]
+
+
+def test_ddp_metrics_equal_a_single_process(data, trained, tmp_path):
+    """Two gloo processes (5 validation images: the sampler pads one) give the single-process numbers."""
+    ckpt = str(latest_version(trained).parent / "version_0" / "checkpoints" / "best.ckpt")
+    single, double = tmp_path / "single", tmp_path / "double"
+    cli_main(["test", *small(data / "voc", single, "--model.init_from", ckpt)])
+    cli_main(["test", *small(data / "voc", double, "--model.init_from", ckpt, "--data.batch_size", "2",
+                             "--trainer.strategy", "ddp_spawn", "--trainer.devices", "2")])
+    one = json.loads((latest_version(single) / "report" / "metrics.json").read_text())
+    two = json.loads((latest_version(double) / "report" / "metrics.json").read_text())
+    assert one["miou"] == pytest.approx(two["miou"], abs=1e-9)
+    assert one["pixel_accuracy"] == pytest.approx(two["pixel_accuracy"], abs=1e-9)
+    assert one["per_class_iou"] == two["per_class_iou"]

@@ -1,0 +1,182 @@
+"""Segmentation: DeepLabV3+ head (smp parity, every backbone), the metric, data quirks and bad input."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import segmentation_models_pytorch as smp
+import torch
+from PIL import Image
+
+from backbones import Backbone, build_backbone, list_backbones
+from heads.deeplabv3plus import DeepLabV3Plus
+from tasks.data.segmentation import (
+    SegmentationData,
+    SegmentationDataset,
+    coco_segmentation_split,
+    read_mask,
+    segmentation_transform,
+)
+from tasks.data.voc import VOC_PALETTE
+from tasks.metrics import confusion_matrix, segmentation_metrics
+
+
+@pytest.mark.parametrize("output_stride", [16, 8])
+def test_same_logits_as_smp_on_the_same_weights(output_stride):
+    """smp's DeepLabV3Plus on its MobileNetV2 encoder, weights copied into Kestrel's head."""
+    rates = (6, 12, 18) if output_stride == 16 else (12, 24, 36)
+    reference = smp.DeepLabV3Plus("mobilenet_v2", encoder_weights=None, encoder_output_stride=output_stride,
+                                  classes=6, decoder_atrous_rates=rates)
+    reference.train()
+    with torch.no_grad():  # batch-norm statistics that are not the identity
+        for _ in range(3):
+            reference(torch.randn(4, 3, 96, 96))
+    reference.eval()
+    model = DeepLabV3Plus(Backbone("mobilenet_v2", levels=[4, 32], output_stride=output_stride), num_classes=5,
+                          image_mean=[0, 0, 0], image_std=[1, 1, 1]).eval()
+    state = {("backbone.body." + k.removeprefix("encoder.")) if k.startswith("encoder.") else k: v
+             for k, v in reference.state_dict().items()}
+    model.load_state_dict(state, strict=True)
+    x = torch.rand(2, 3, 160, 224)
+    with torch.no_grad():
+        expected, got = reference(x), model(x)["out"]
+    assert expected.std() > 1e-3
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("output_stride", [16, 8])
+@pytest.mark.parametrize("name", list_backbones() + ["timm:mobilenetv4_conv_small"])
+def test_head_on_every_backbone(name, output_stride):
+    backbone = build_backbone(name, levels=(4, 16, 32), output_stride=output_stride)
+    model = DeepLabV3Plus(backbone, num_classes=3, aux_level="C4").eval()
+    with torch.no_grad():
+        out = model(torch.rand(1, 3, 97, 129))
+    assert out["out"].shape == (1, 4, 97, 129) and out["aux"].shape == (1, 4, 97, 129)
+
+
+def test_head_errors():
+    with pytest.raises(ValueError, match="output stride 16 or 8.*model.backbone.output_stride"):
+        DeepLabV3Plus(build_backbone("mobilenet_v2", levels=(4, 32)), num_classes=3)
+    with pytest.raises(ValueError, match="stride-4 level.*model.backbone.levels"):
+        DeepLabV3Plus(build_backbone("mobilenet_v2", levels=(8, 32), output_stride=16), num_classes=3)
+    with pytest.raises(ValueError, match="cannot be built with"):
+        build_backbone("timm:ghostnet_100", output_stride=16)
+
+
+def numpy_reference(pred, target, num_labels):
+    """IoU per class by boolean masks, void ignored; classes absent from both are NaN."""
+    valid = target != 255
+    ious = []
+    for c in range(num_labels):
+        p, t = (pred == c) & valid, (target == c) & valid
+        union = (p | t).sum()
+        ious.append(np.nan if union == 0 else (p & t).sum() / union)
+    return np.array(ious), (pred[valid] == target[valid]).mean()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_metric_equals_a_numpy_reference(seed):
+    rng = np.random.default_rng(seed)
+    labels = 6
+    target = rng.integers(0, labels - 1, (3, 37, 53))  # the last class never appears in the ground truth
+    target[rng.random(target.shape) < 0.1] = 255
+    pred = np.where(rng.random(target.shape) < 0.6, target, rng.integers(0, labels - 2, target.shape))
+    pred[pred == 255] = 0
+    confusion = sum(confusion_matrix(torch.as_tensor(p), torch.as_tensor(t), labels).numpy()
+                    for p, t in zip(pred, target))
+    metrics = segmentation_metrics(confusion, [f"c{i}" for i in range(labels)])
+    iou, accuracy = numpy_reference(pred, target, labels)
+    assert metrics["per_class_iou"]["c5"] is None  # in neither prediction nor ground truth
+    for i in range(labels - 1):
+        assert metrics["per_class_iou"][f"c{i}"] == pytest.approx(iou[i])
+    assert metrics["miou"] == pytest.approx(np.nanmean(iou))
+    assert metrics["pixel_accuracy"] == pytest.approx(accuracy)
+
+
+# ----------------------------------------------------------------------------- data
+def write_palette(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    png = Image.fromarray(array.astype(np.uint8), mode="P")
+    png.putpalette(VOC_PALETTE)
+    png.save(path)
+
+
+@pytest.fixture
+def voc_root(tmp_path):
+    root = tmp_path / "VOC"
+    (root / "JPEGImages").mkdir(parents=True)
+    cv2.imwrite(str(root / "JPEGImages" / "a.jpg"), np.zeros((40, 60, 3), np.uint8))
+    mask = np.zeros((40, 60), np.uint8)
+    mask[10:20, 10:30] = 2
+    mask[9, 10:30] = 255
+    write_palette(root / "SegmentationClass" / "a.png", mask)
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("a\n")
+    return root
+
+
+def test_voc_palette_masks_read_as_indices(voc_root):
+    data = SegmentationData(str(voc_root), classes=["cat", "dog"], image_size=32, num_workers=0)
+    split = data.split("val")
+    image, mask, meta = SegmentationDataset(split, segmentation_transform(32, train=False), train=False)[0]
+    assert image.shape == (3, 32, 32)
+    assert mask.shape == (40, 60) and meta["size"] == (40, 60)  # evaluation keeps the original size
+    assert set(mask.unique().tolist()) == {0, 2, 255}
+    assert data.label_names == ["background", "cat", "dog"]
+
+
+def test_training_crops_pad_the_mask_with_void(voc_root):
+    split = SegmentationData(str(voc_root), classes=["cat", "dog"], num_workers=0).split("val")
+    dataset = SegmentationDataset(split, segmentation_transform(96, train=True, scale_range=(1.0, 1.0)), train=True)
+    _, mask, _ = dataset[0]
+    assert mask.shape == (96, 96)
+    assert (mask == 255).sum() >= 96 * 96 - 40 * 60  # the padding is void
+    assert (mask == 2).sum() == 200
+
+
+def test_bad_masks_name_the_file(voc_root):
+    path = voc_root / "SegmentationClass" / "a.png"
+    write_palette(path, np.full((40, 60), 7))
+    with pytest.raises(ValueError, match=r"a.png' has values \[7\]"):
+        read_mask(path, 3)
+    write_palette(path, np.zeros((41, 60)))
+    split = SegmentationData(str(voc_root), classes=["cat", "dog"], num_workers=0).split("val")
+    with pytest.raises(ValueError, match=r"mask of .*a.jpg' is 60x41, the image 60x40"):
+        SegmentationDataset(split, segmentation_transform(32, False), False)[0]
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(path)
+    with pytest.raises(ValueError, match=r"a.png' is a RGB image"):
+        read_mask(path, 3)
+    path.unlink()
+    with pytest.raises(FileNotFoundError, match=r"1 image\(s\) of the masks .* do not exist: .*a.png"):
+        SegmentationData(str(voc_root), classes=["cat", "dog"], num_workers=0).split("val")
+
+
+def test_coco_instances_become_class_masks(tmp_path):
+    root = tmp_path / "coco"
+    (root / "val2017").mkdir(parents=True)
+    cv2.imwrite(str(root / "val2017" / "x.jpg"), np.zeros((50, 50, 3), np.uint8))
+    data = {
+        "images": [{"id": 4, "file_name": "x.jpg", "width": 50, "height": 50}],
+        "annotations": [
+            {"id": 1, "image_id": 4, "category_id": 18, "bbox": [0, 0, 40, 40], "area": 1600, "iscrowd": 0,
+             "segmentation": [[0, 0, 40, 0, 40, 40, 0, 40]]},
+            {"id": 2, "image_id": 4, "category_id": 1, "bbox": [10, 10, 10, 10], "area": 100, "iscrowd": 0,
+             "segmentation": [[10, 10, 20, 10, 20, 20, 10, 20]]},
+            # a crowd region as COCO writes them: uncompressed RLE
+            {"id": 3, "image_id": 4, "category_id": 1, "bbox": [42, 42, 6, 6], "area": 36, "iscrowd": 1,
+             "segmentation": {"size": [50, 50], "counts": [42 * 50 + 42] + [6, 44] * 5 + [6, 102]}},
+            {"id": 4, "image_id": 4, "category_id": 90, "bbox": [44, 0, 5, 5], "area": 25, "iscrowd": 0,
+             "segmentation": [[44, 0, 49, 0, 49, 5, 44, 5]]},
+        ],
+        "categories": [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}, {"id": 90, "name": "toothbrush"}],
+    }
+    (root / "annotations").mkdir()
+    (root / "annotations" / "instances_val2017.json").write_text(json.dumps(data))
+    split = coco_segmentation_split(root, "val2017", "all")
+    mask = split.mask(split.records[0])
+    assert mask[5, 5] == 2 and mask[15, 15] == 1  # the smaller person stays in front of the dog
+    assert mask[45, 45] == 255  # crowd: void
+    assert mask[2, 46] == 3
+    voc = coco_segmentation_split(root, "val2017", "voc").mask(split.records[0])
+    assert voc[5, 5] == 12 and voc[15, 15] == 15 and voc[2, 46] == 0  # VOC dog 12, person 15; others background
