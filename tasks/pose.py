@@ -1,0 +1,190 @@
+"""Pose: ``python -m tasks.pose {fit,validate,test,predict} --config CONFIG.yaml``.
+
+Top-down keypoint estimation with a SimpleBaseline heatmap head on any Kestrel backbone, on COCO
+keypoint folders: person boxes (ground truth, or detections from ``data.det_file``) are cut out,
+heatmaps predicted (averaged with the flipped crop's), decoded with DARK and mapped back to image
+coordinates. Poses are rescored by box score x mean confident keypoint score and OKS-NMS'd per image,
+as mmpose does. ``test`` writes ``report/metrics.json`` (COCO OKS ``ap``, ``ap_50``, ...);
+``predict`` writes ``predictions/keypoints.json`` in COCO keypoint results format.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.cli import OptimizerCallable
+
+from backbones import Backbone, Pyramid
+from heads.pose import SimpleBaseline, decode_heatmaps, flip_index, from_heatmap, gaussian_heatmaps, to_heatmap
+
+from ._base import KestrelTask
+from .cli import KestrelCLI
+from .data.pose import PoseData, PoseSplit, apply_affine
+from .metrics.keypoints import coco_keypoint_metrics, oks_nms
+from .optim import SchedulerCallable, WarmupMultiStepLR
+from .report import write_report
+
+POSE_HEADLINE = ["ap", "ap_50", "ap_75", "ap_medium", "ap_large", "ar"]
+
+
+def _adam(params) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=5e-4)
+
+
+class PoseTask(KestrelTask):
+    """Top-down heatmap pose estimation as a LightningModule.
+
+    Args:
+        backbone: The feature pyramid; the head uses its deepest level: ``{name: mobilenet_v2,
+            levels: [32]}`` or any pyramid by ``class_path``.
+        keypoint_names: The keypoints, in heatmap order (linked from ``data.keypoint_names``);
+            ``left_*``/``right_*`` names give the flip pairs.
+        head: Builds the model from the backbone and the keypoint count: SimpleBaseline and its options.
+        sigma: Standard deviation of the target Gaussians, in heatmap pixels (2 at 64x48).
+        flip_test: Average each crop's heatmaps with its mirror image's (left and right swapped).
+        blur_kernel: Size of DARK's smoothing kernel when decoding (None: no smoothing).
+        keypoint_score_threshold: Keypoints scoring above this make a pose's score (mmpose: 0.2).
+        nms_threshold: OKS above which the weaker of two poses of an image is dropped; None: no NMS.
+        optimizer: Builds the optimizer; Adam, lr 5e-4 by default (mmpose's recipe).
+        scheduler: Builds the step-wise schedule; warm-up then x0.1 at epochs 170 and 200 by default.
+        norm_weight_decay: Weight decay of norm weights and biases (None: the optimizer's).
+        init_from: Weights for the whole model (a Kestrel checkpoint or state dict).
+    """
+
+    main_metric = "ap"
+
+    def __init__(
+        self,
+        backbone: Backbone | Pyramid,
+        keypoint_names: list[str],
+        head: Callable[[Pyramid, int], SimpleBaseline] = SimpleBaseline,
+        sigma: float = 2.0,
+        flip_test: bool = True,
+        blur_kernel: int | None = 11,
+        keypoint_score_threshold: float = 0.2,
+        nms_threshold: float | None = 0.9,
+        optimizer: OptimizerCallable = _adam,
+        scheduler: SchedulerCallable = WarmupMultiStepLR,
+        norm_weight_decay: float | None = None,
+        init_from: str | None = None,
+    ):
+        super().__init__(optimizer, scheduler, norm_weight_decay, init_from)
+        self.keypoint_names = list(keypoint_names)
+        self.flip_pairs = flip_index(self.keypoint_names)
+        self.model = head(backbone, len(self.keypoint_names))
+        self.sigma = sigma
+        self.flip_test = flip_test
+        self.blur_kernel = blur_kernel
+        self.keypoint_score_threshold = keypoint_score_threshold
+        self.nms_threshold = nms_threshold
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, keypoints, _ = batch
+        heatmaps = self.model(images.float().div_(255))
+        stride = images.shape[-1] / heatmaps.shape[-1]
+        targets, weights = gaussian_heatmaps(to_heatmap(keypoints[..., :2], stride), keypoints[..., 2] > 0,
+                                             heatmaps.shape[-2:], self.sigma)
+        w = weights[..., None, None]
+        loss = F.mse_loss(heatmaps * w, targets * w)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
+        return loss
+
+    # ----------------------------------------------------------------- evaluation
+    def heatmaps(self, images: torch.Tensor) -> torch.Tensor:
+        """Heatmaps of crops in [0, 1]; with ``flip_test`` averaged with the mirrored crops'."""
+        heatmaps = self.model(images)
+        if self.flip_test:
+            flipped = self.model(images.flip(-1)).flip(-1)[:, self.flip_pairs]
+            heatmaps = (heatmaps + flipped) / 2
+        return heatmaps
+
+    def collect(self, batch) -> None:
+        """Keypoints in image coordinates and their scores, kept by instance index."""
+        images, _, meta = batch
+        heatmaps = self.heatmaps(images.float().div_(255))
+        coords, scores = decode_heatmaps(heatmaps, self.blur_kernel)
+        xy = from_heatmap(coords, images.shape[-1] / heatmaps.shape[-1]).cpu().numpy()
+        for points, score, info in zip(xy, scores.cpu().numpy(), meta):
+            self.keep(info["index"], (apply_affine(info["matrix"], points), score, info["score"], info["area"]))
+
+    def results(self, split: PoseSplit, kept: dict[int, tuple], sigmas: list[float]) -> list[dict]:
+        """COCO keypoint results of the kept poses: rescored, OKS-NMS'd per image, with the data's ids."""
+        by_image: dict[int, list[tuple]] = defaultdict(list)
+        for index, (points, scores, box_score, area) in sorted(kept.items()):
+            confident = scores[scores > self.keypoint_score_threshold]
+            pose_score = box_score * (float(confident.mean()) if len(confident) else 0.0)
+            by_image[split.instances[index].record].append((points, scores, pose_score, area))
+        entries = []
+        for record, poses in sorted(by_image.items()):
+            keep = range(len(poses))
+            if self.nms_threshold is not None and len(poses) > 1:
+                keep = oks_nms(np.stack([p[0] for p in poses]), np.array([p[2] for p in poses]),
+                               np.array([p[3] for p in poses]), sigmas, self.nms_threshold)
+            for i in keep:
+                points, scores, pose_score, _ = poses[i]
+                values = np.concatenate([points, scores[:, None]], 1).astype(np.float64)
+                entries.append({"image_id": split.images[record].image_id, "category_id": split.category_id,
+                                "keypoints": values.ravel().round(3).tolist(), "score": float(pose_score)})
+        return entries
+
+    def evaluate(self, split: PoseSplit, kept: dict[int, tuple]) -> dict:
+        sigmas = self.trainer.datamodule.sigmas
+        if split.coco_gt is None:
+            raise ValueError(f"{split.description} has no keypoint annotations to evaluate against")
+        return coco_keypoint_metrics(split.coco_gt, self.results(split, kept, sigmas), sigmas, split.category_id)
+
+    def write_report(self, log_dir: str, split: PoseSplit, metrics: dict, seconds: float) -> Path:
+        datamodule = self.trainer.datamodule
+        height, width = datamodule.image_size
+        run = {
+            "task": "pose (top-down SimpleBaseline heatmaps)",
+            "backbone": getattr(self.model.backbone, "name", type(self.model.backbone).__name__),
+            "input size": f"{height}x{width} crops of person boxes (padded 1.25x)",
+            "data": split.description,
+            "images": len(split.images),
+            "person boxes": len(split.instances),
+            "keypoints": len(self.keypoint_names),
+            "flip test": self.flip_test,
+            "checkpoint": getattr(self.trainer, "ckpt_path", None) or self.init_from or "none",
+            "evaluation time (s)": f"{seconds:.1f}",
+        }
+        notes = [
+            "COCO OKS numbers are COCOeval's (faster-coco-eval, equal to pycocotools, iouType keypoints) "
+            f"with sigmas {datamodule.sigmas}, predictions mapped back to original image coordinates.",
+            f"Pose score = box score x mean keypoint score above {self.keypoint_score_threshold}; "
+            + (f"OKS NMS at {self.nms_threshold} per image." if self.nms_threshold is not None else "no NMS."),
+            "n/a: no ground truth of that size in this split (COCOeval's -1).",
+        ]
+        return write_report(log_dir, "Pose report", metrics, POSE_HEADLINE + ["ar_50", "ar_75"], {}, [], run, notes)
+
+    # ----------------------------------------------------------------- prediction
+    def predict_step(self, batch, batch_idx: int) -> None:
+        self.collect(batch)
+
+    def on_predict_epoch_end(self) -> None:
+        kept = self.gathered()
+        log_dir = self.log_dir()
+        if not self.trainer.is_global_zero:
+            return
+        split = self.trainer.datamodule.split("predict")
+        entries = self.results(split, kept, self.trainer.datamodule.sigmas)
+        folder = Path(log_dir) / "predictions"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "keypoints.json").write_text(json.dumps(entries))
+        print(f"Predictions: {folder / 'keypoints.json'} ({len(entries)} poses on {len(split.images)} images)")
+
+
+def cli_main(args: list[str] | None = None) -> KestrelCLI:
+    """Run the pose command line (``args`` as on the command line; ``sys.argv`` if None)."""
+    return KestrelCLI(PoseTask, PoseData, monitor="val/ap", links={"data.keypoint_names": "model.keypoint_names"},
+                      args=args)
+
+
+if __name__ == "__main__":
+    cli_main()

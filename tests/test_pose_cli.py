@@ -1,0 +1,105 @@
+"""``python -m tasks.pose`` end to end, in-process: fit, test, predict on a few synthetic images."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from tasks.data.synthetic import generate
+from tasks.pose import cli_main
+
+CONFIG = str(Path(__file__).parents[1] / "configs" / "demo" / "pose_mbv2_shapes.yaml")
+
+
+def small(root, run_dir, *extra):
+    return [
+        "--config", CONFIG, "--data.root", str(root), "--data.image_size", "[64, 64]", "--data.batch_size", "4",
+        "--data.num_workers", "0", "--trainer.default_root_dir", str(run_dir), "--trainer.enable_progress_bar",
+        "false", "--trainer.logger.class_path", "pytorch_lightning.loggers.CSVLogger",
+        "--trainer.logger.init_args.save_dir", str(run_dir), *extra,
+    ]
+
+
+def latest_version(run_dir: Path) -> Path:
+    return max((run_dir / "lightning_logs").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+
+
+def read_metrics(run_dir: Path) -> dict:
+    return json.loads((latest_version(run_dir) / "report" / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("shapes"), train=16, val=8, seed=2, progress=False) / "coco"
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    cli_main(["fit", *small(data, run_dir, "--trainer.max_epochs", "12", "--trainer.log_every_n_steps", "1",
+                            "--model.scheduler.init_args.warmup_steps", "2")])
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def checkpoint(trained):
+    return str(latest_version(trained).parent / "version_0" / "checkpoints" / "best.ckpt")
+
+
+def test_fit_lowers_the_loss(trained):
+    rows = list(csv.DictReader(open(latest_version(trained) / "metrics.csv")))
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(losses) >= 10 and sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
+    assert any(r.get("val/ap") for r in rows)
+    assert (latest_version(trained) / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_test_writes_the_report(data, trained, capsys):
+    cli_main(["test", *small(data, trained, "--ckpt_path", "best")])
+    assert "Evaluation report:" in capsys.readouterr().out
+    metrics = read_metrics(trained)
+    for key in ("ap", "ap_50", "ap_75", "ap_medium", "ap_large", "ar"):
+        assert metrics[key] is None or 0.0 <= metrics[key] <= 1.0, key
+    report = (latest_version(trained) / "report" / "report.md").read_text()
+    assert f"| ap | {metrics['ap']:.4f} |" in report
+
+
+def test_predict_writes_coco_keypoint_results(data, trained):
+    cli_main(["predict", *small(data, trained, "--ckpt_path", "last")])
+    results = json.loads((latest_version(trained) / "predictions" / "keypoints.json").read_text())
+    gt = json.loads((data / "annotations" / "person_keypoints_val2017.json").read_text())
+    image_ids = {im["id"] for im in gt["images"]}
+    assert results and all(r["image_id"] in image_ids and r["category_id"] == 1 for r in results)
+    assert all(len(r["keypoints"]) == 51 and 0 <= r["score"] <= 1 for r in results)
+
+
+def test_detections_as_boxes_equal_ground_truth_boxes(data, checkpoint, tmp_path):
+    """The detect -> pose pipeline: a detections file holding the ground-truth boxes gives the same numbers."""
+    gt = json.loads((data / "annotations" / "person_keypoints_val2017.json").read_text())
+    detections = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+                  for a in gt["annotations"] if not a["iscrowd"]]
+    detections.append({"image_id": gt["images"][0]["id"], "category_id": 3, "bbox": [0, 0, 9, 9], "score": 1.0})
+    det_file = tmp_path / "detections.json"
+    det_file.write_text(json.dumps(detections))
+    cli_main(["test", *small(data, tmp_path / "gt", "--model.init_from", checkpoint)])
+    cli_main(["test", *small(data, tmp_path / "det", "--model.init_from", checkpoint,
+                             "--data.det_file", str(det_file))])
+    assert read_metrics(tmp_path / "gt") == read_metrics(tmp_path / "det")
+
+
+def test_predict_on_a_folder_of_images(data, checkpoint, tmp_path):
+    cli_main(["predict", *small(data, tmp_path, "--model.init_from", checkpoint, "--data.predict_dir",
+                                str(data / "val2017"))])
+    results = json.loads((latest_version(tmp_path) / "predictions" / "keypoints.json").read_text())
+    files = sorted(p.name for p in (data / "val2017").iterdir())
+    assert sorted(r["image_id"] for r in results) == files  # one whole-image box each; ids are file names
+
+
+def test_ddp_metrics_equal_a_single_process(data, checkpoint, tmp_path):
+    """Two gloo processes (the sampler pads the odd crop) give the single-process numbers."""
+    single, double = tmp_path / "single", tmp_path / "double"
+    cli_main(["test", *small(data, single, "--model.init_from", checkpoint)])
+    cli_main(["test", *small(data, double, "--model.init_from", checkpoint, "--data.batch_size", "3",
+                             "--trainer.strategy", "ddp_spawn", "--trainer.devices", "2")])
+    assert read_metrics(single) == pytest.approx(read_metrics(double), abs=1e-12)
