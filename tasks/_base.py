@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+import subprocess
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.cli import OptimizerCallable
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
+from backbones import Backbone, ensure_pyramid
 from backbones._weights import load_weights, read_state_dict
 
 from .metrics import gather_by_index
@@ -52,6 +58,15 @@ class KestrelTask(pl.LightningModule):
         self._initialized = False
         self._results: dict[int, Any] = {}
         self._started = 0.0
+
+    @staticmethod
+    def pyramid(backbone: nn.Module) -> nn.Module:
+        """The task's backbone, checked: one built by name already is; one given by ``class_path`` (any
+        importable module) must satisfy the pyramid contract, or the error says what it lacks."""
+        if isinstance(backbone, Backbone):
+            return backbone
+        kind = type(backbone)
+        return ensure_pyramid(backbone, f"model.backbone {kind.__module__}.{kind.__qualname__}")
 
     def setup(self, stage: str) -> None:
         if self.init_from and not self._initialized:
@@ -106,8 +121,8 @@ class KestrelTask(pl.LightningModule):
         """The metrics of a split's gathered ``results``."""
         raise NotImplementedError
 
-    def write_report(self, log_dir: str, split: Any, metrics: dict, seconds: float) -> Path:
-        """Write ``report/`` into ``log_dir``; return the folder."""
+    def write_report(self, log_dir: str, split: Any, results: dict[int, Any], metrics: dict, seconds: float) -> Path:
+        """Write ``report/`` (numbers, plots, the run's details) into ``log_dir``; return the folder."""
         raise NotImplementedError
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -128,13 +143,69 @@ class KestrelTask(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         split = self.trainer.datamodule.split("test")
-        metrics = self.evaluate(split, self.gathered())
+        results = self.gathered()
+        metrics = self.evaluate(split, results)
         self._log_metrics("test", metrics)
         log_dir = self.log_dir()
         if self.trainer.is_global_zero:
-            folder = self.write_report(log_dir, split, metrics, time.perf_counter() - self._started)
+            folder = self.write_report(log_dir, split, results, metrics, time.perf_counter() - self._started)
             print(f"Evaluation report: {folder / 'report.md'} (numbers in {folder / 'metrics.json'})")
+
+    def run_details(self, task: str, input_size: tuple[int, int], data: str, counts: dict[str, int],
+                    seconds: float) -> dict[str, Any]:
+        """What produced a report's numbers: model, size and cost, data, checkpoint, code version, time."""
+        checkpoint = getattr(self.trainer, "ckpt_path", None) or self.init_from
+        backbone = getattr(self.model, "backbone", None)
+        while not hasattr(backbone, "name") and hasattr(backbone, "body"):  # inside necks and wrappers
+            backbone = backbone.body
+        return {
+            "task": task,
+            "backbone": getattr(backbone, "name", type(backbone).__name__),
+            "head": type(self.model).__name__,
+            "input size": f"{input_size[0]}x{input_size[1]}",
+            "parameters (M)": f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}",
+            "GFLOPs (one forward)": f"{self.gflops(input_size):.2f}",
+            "data": data,
+            **counts,
+            "checkpoint": checkpoint or "none (weights as initialized)",
+            "checkpoint sha256": file_sha256(checkpoint) if checkpoint else "-",
+            "Kestrel": kestrel_version(),
+            "evaluation wall time (s)": f"{seconds:.1f}",
+        }
+
+    @torch.no_grad()
+    def gflops(self, input_size: tuple[int, int]) -> float:
+        """GFLOPs of one forward of one image (torch's FLOP counter)."""
+        counter = FlopCounterMode(display=False)
+        with counter:
+            self.model(torch.zeros(1, 3, *input_size, device=self.device))
+        return counter.get_total_flops() / 1e9
 
     def log_dir(self) -> str:
         """The run's log folder; a collective under DDP, so every process must ask."""
         return self.trainer.log_dir
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def kestrel_version() -> str:
+    """The installed version and, in a git checkout, the commit (``+dirty`` with uncommitted changes)."""
+    try:
+        installed = version("kestrel-vision")
+    except PackageNotFoundError:
+        installed = "not installed"
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return f"{installed} (not a git checkout)"
+    return f"{installed}, commit {commit}{'+dirty' if dirty else ''}"

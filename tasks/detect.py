@@ -14,13 +14,17 @@ from pathlib import Path
 
 import torch
 from pytorch_lightning.cli import OptimizerCallable
+from torch import nn
+from torchvision.utils import draw_bounding_boxes
 
 from backbones import Backbone, Pyramid
 from heads.ssdlite import SSDLite
 
+from . import plots
 from ._base import KestrelTask
 from .cli import KestrelCLI
 from .data.detection import DetectionData, DetectionSplit
+from .data.images import read_image
 from .metrics import coco_detection_metrics, detections_to_coco, voc_detection_metrics
 from .optim import SchedulerCallable, WarmupCosineLR
 from .report import write_report
@@ -59,7 +63,7 @@ class DetectionTask(KestrelTask):
 
     def __init__(
         self,
-        backbone: Backbone | Pyramid,
+        backbone: Backbone | nn.Module,
         num_classes: int,
         image_size: int = 320,
         head: Callable[[Pyramid, int, int], SSDLite] = SSDLite,
@@ -69,8 +73,9 @@ class DetectionTask(KestrelTask):
         init_from: str | None = None,
     ):
         super().__init__(optimizer, scheduler, norm_weight_decay, init_from)
-        self.model = head(backbone, num_classes, image_size)
+        self.model = head(self.pyramid(backbone), num_classes, image_size)
         self.num_classes = num_classes
+        self._precision = None  # COCOeval's precision array of the last evaluation, for the report
 
     def convert_init_weights(self, path: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """torchvision's SSDLite weights become Kestrel's; its 91-class COCO layout maps onto COCO data."""
@@ -125,7 +130,8 @@ class DetectionTask(KestrelTask):
         for index, (boxes, scores, labels) in sorted(results.items()):
             category_ids = [split.category_ids[label - 1] for label in labels.tolist()]
             detections += detections_to_coco(split.records[index].eval_id, boxes, scores, category_ids)
-        metrics = coco_detection_metrics(split.coco_gt, detections, split.class_names)
+        metrics, self._precision = coco_detection_metrics(split.coco_gt, detections, split.class_names,
+                                                          return_precision=True)
         if metrics["map"] is None:
             raise ValueError(f"{split.description} has no ground-truth objects to evaluate against")
         if split.voc_gt is not None:
@@ -136,18 +142,12 @@ class DetectionTask(KestrelTask):
                 metrics["per_class"][name].update(values)
         return metrics
 
-    def write_report(self, log_dir: str, split: DetectionSplit, metrics: dict, seconds: float) -> Path:
+    def write_report(self, log_dir: str, split: DetectionSplit, results: dict[int, tuple], metrics: dict,
+                     seconds: float) -> Path:
         voc = split.voc_gt is not None
-        ckpt = getattr(self.trainer, "ckpt_path", None)
-        run = {
-            "task": "detection (SSDLite)",
-            "backbone": getattr(self.model.backbone.body, "name", type(self.model.backbone.body).__name__),
-            "input size": f"{self.model.image_size}x{self.model.image_size}",
-            "data": split.description,
-            "images": len(split.records),
-            "checkpoint": ckpt or (self.init_from or "none (weights as initialized)"),
-            "evaluation time (s)": f"{seconds:.1f}",
-        }
+        size = self.model.image_size
+        counts = {"images": len(split.records), "objects": sum(len(r.boxes) for r in split.records)}
+        run = self.run_details("detection (SSDLite)", (size, size), split.description, counts, seconds)
         notes = [
             "COCO numbers are COCOeval's (faster-coco-eval, equal to pycocotools) on the data set's own "
             "ground truth, with predictions mapped back to original image coordinates and ids.",
@@ -158,7 +158,32 @@ class DetectionTask(KestrelTask):
                          "numbers difficult objects are crowd regions.")
         headline = DETECTION_HEADLINE + (["voc07_map_50", "voc12_map_50"] if voc else [])
         columns = ["ap", "ap_50"] + (["voc07_ap_50", "voc12_ap_50"] if voc else [])
-        return write_report(log_dir, "Detection report", metrics, headline, metrics["per_class"], columns, run, notes)
+        figures = {"per_class_ap": plots.bars({n: v["ap"] for n, v in metrics["per_class"].items()},
+                                              "AP@[.5:.95] per class", "AP"),
+                   "samples": self._samples(split, results)}
+        if self._precision is not None:
+            figures["precision_recall"] = plots.precision_recall(self._precision, split.class_names)
+        return write_report(log_dir, "Detection report", metrics, headline, metrics["per_class"], columns, run, notes,
+                            figures)
+
+    def _samples(self, split: DetectionSplit, results: dict[int, tuple], count: int = 4, threshold: float = 0.3):
+        """Ground truth (green) beside detections scoring at least ``threshold`` (red), a few images."""
+        panels, titles = [], []
+        for index in sorted(results)[:count]:
+            record = split.records[index]
+            image = torch.from_numpy(read_image(record.file)).permute(2, 0, 1)
+            boxes, scores, labels = results[index]
+            keep = scores >= threshold
+            gt_names = [split.class_names[label - 1] for label in record.labels.tolist()]
+            names = [f"{split.class_names[label - 1]} {s:.2f}" for label, s in zip(labels[keep], scores[keep])]
+            for drawn, labels, colour in ((record.boxes, gt_names, "lime"), (boxes[keep], names, "red")):
+                drawn = torch.as_tensor(drawn).reshape(-1, 4)
+                if len(drawn):
+                    panels.append(draw_bounding_boxes(image, drawn, labels, colors=colour, width=2))
+                else:
+                    panels.append(image)
+            titles += [f"{record.file.name}: ground truth", f"detections (score >= {threshold})"]
+        return plots.grid(panels, titles)
 
     # ----------------------------------------------------------------- prediction
     def predict_step(self, batch, batch_idx: int) -> list[dict[str, torch.Tensor]]:

@@ -19,14 +19,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.cli import OptimizerCallable
+from torch import nn
+from torchvision.utils import draw_keypoints
 
 from backbones import Backbone, Pyramid
 from heads.pose import SimpleBaseline, decode_heatmaps, flip_index, from_heatmap, gaussian_heatmaps, to_heatmap
 
+from . import plots
 from ._base import KestrelTask
 from .cli import KestrelCLI
+from .data.images import read_image
 from .data.pose import PoseData, PoseSplit, apply_affine
-from .metrics.keypoints import coco_keypoint_metrics, oks_nms
+from .metrics.keypoints import coco_keypoint_metrics, keypoint_accuracy, oks_nms
 from .optim import SchedulerCallable, WarmupMultiStepLR
 from .report import write_report
 
@@ -61,7 +65,7 @@ class PoseTask(KestrelTask):
 
     def __init__(
         self,
-        backbone: Backbone | Pyramid,
+        backbone: Backbone | nn.Module,
         keypoint_names: list[str],
         head: Callable[[Pyramid, int], SimpleBaseline] = SimpleBaseline,
         sigma: float = 2.0,
@@ -77,7 +81,7 @@ class PoseTask(KestrelTask):
         super().__init__(optimizer, scheduler, norm_weight_decay, init_from)
         self.keypoint_names = list(keypoint_names)
         self.flip_pairs = flip_index(self.keypoint_names)
-        self.model = head(backbone, len(self.keypoint_names))
+        self.model = head(self.pyramid(backbone), len(self.keypoint_names))
         self.sigma = sigma
         self.flip_test = flip_test
         self.blur_kernel = blur_kernel
@@ -139,21 +143,15 @@ class PoseTask(KestrelTask):
             raise ValueError(f"{split.description} has no keypoint annotations to evaluate against")
         return coco_keypoint_metrics(split.coco_gt, self.results(split, kept, sigmas), sigmas, split.category_id)
 
-    def write_report(self, log_dir: str, split: PoseSplit, metrics: dict, seconds: float) -> Path:
+    def write_report(self, log_dir: str, split: PoseSplit, results: dict[int, tuple], metrics: dict,
+                     seconds: float) -> Path:
         datamodule = self.trainer.datamodule
-        height, width = datamodule.image_size
-        run = {
-            "task": "pose (top-down SimpleBaseline heatmaps)",
-            "backbone": getattr(self.model.backbone, "name", type(self.model.backbone).__name__),
-            "input size": f"{height}x{width} crops of person boxes (padded 1.25x)",
-            "data": split.description,
-            "images": len(split.images),
-            "person boxes": len(split.instances),
-            "keypoints": len(self.keypoint_names),
-            "flip test": self.flip_test,
-            "checkpoint": getattr(self.trainer, "ckpt_path", None) or self.init_from or "none",
-            "evaluation time (s)": f"{seconds:.1f}",
-        }
+        counts = {"images": len(split.images), "person boxes": len(split.instances),
+                  "keypoints": len(self.keypoint_names)}
+        run = self.run_details("pose (top-down SimpleBaseline heatmaps)", datamodule.image_size, split.description,
+                               counts, seconds)
+        run["input size"] += " crops of person boxes (padded 1.25x)"
+        run["flip test"] = self.flip_test
         notes = [
             "COCO OKS numbers are COCOeval's (faster-coco-eval, equal to pycocotools, iouType keypoints) "
             f"with sigmas {datamodule.sigmas}, predictions mapped back to original image coordinates.",
@@ -161,7 +159,42 @@ class PoseTask(KestrelTask):
             + (f"OKS NMS at {self.nms_threshold} per image." if self.nms_threshold is not None else "no NMS."),
             "n/a: no ground truth of that size in this split (COCOeval's -1).",
         ]
-        return write_report(log_dir, "Pose report", metrics, POSE_HEADLINE + ["ar_50", "ar_75"], {}, [], run, notes)
+        figures = {"samples": self._samples(split, results)}
+        per_keypoint = {}
+        labelled = [i for i in sorted(results) if (split.instances[i].keypoints[:, 2] > 0).any()]
+        if labelled:  # ground-truth boxes: each pose belongs to the ground truth it was cut from
+            accuracy = keypoint_accuracy(np.stack([results[i][0] for i in labelled]),
+                                         np.stack([split.instances[i].keypoints for i in labelled]),
+                                         np.array([split.instances[i].area for i in labelled]), datamodule.sigmas)
+            per_keypoint = {name: {"accuracy": a} for name, a in zip(self.keypoint_names, accuracy)}
+            figures["per_keypoint_accuracy"] = plots.bars(dict(zip(self.keypoint_names, accuracy)),
+                                                          "Keypoints with OKS similarity >= 0.5", "fraction")
+            notes.append("Per-keypoint accuracy: the fraction of labelled keypoints whose OKS similarity term "
+                         "exp(-d^2 / (2 area (2 sigma)^2)) is at least 0.5, on the ground-truth boxes.")
+        return write_report(log_dir, "Pose report", metrics, POSE_HEADLINE + ["ar_50", "ar_75"], per_keypoint,
+                            ["accuracy"], run, notes, figures, per_class_label="keypoint")
+
+    def _samples(self, split: PoseSplit, results: dict[int, tuple], count: int = 4, min_score: float = 0.3):
+        """Ground-truth skeletons (green) beside the predicted ones (red), for the first images with people."""
+        edges = [(a - 1, b - 1) for a, b in split.skeleton or []]
+        by_image: dict[int, list[int]] = defaultdict(list)
+        for index in sorted(results):
+            by_image[split.instances[index].record].append(index)
+        panels, titles = [], []
+        for record in sorted(by_image)[:count]:
+            image = torch.from_numpy(read_image(split.images[record].file)).permute(2, 0, 1)
+            indices = by_image[record]
+            truth = torch.as_tensor(np.stack([split.instances[i].keypoints for i in indices]))
+            panels.append(draw_keypoints(image, truth[..., :2], edges, colors="lime", radius=3, width=2,
+                                         visibility=truth[..., 2] > 0))
+            shown = [i for i in indices if results[i][2] >= min_score]
+            if shown:
+                points = torch.as_tensor(np.stack([results[i][0] for i in shown])).float()
+                visible = torch.as_tensor(np.stack([results[i][1] for i in shown])) > 0.2
+                image = draw_keypoints(image, points, edges, colors="red", radius=3, width=2, visibility=visible)
+            panels.append(image)
+            titles += [f"{split.images[record].file.name}: ground truth", "prediction (keypoint score > 0.2)"]
+        return plots.grid(panels, titles)
 
     # ----------------------------------------------------------------- prediction
     def predict_step(self, batch, batch_idx: int) -> None:

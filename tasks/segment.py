@@ -17,17 +17,23 @@ import torch.nn.functional as F
 from PIL import Image
 from pytorch_lightning.cli import OptimizerCallable
 from segmentation_models_pytorch.losses import DiceLoss
+from torch import nn
+from torchvision.utils import draw_segmentation_masks
 
 from backbones import Backbone, Pyramid
 from heads.deeplabv3plus import DeepLabV3Plus
 
+from . import plots
 from ._base import KestrelTask
 from .cli import KestrelCLI
+from .data.images import read_image
 from .data.segmentation import VOID, SegmentationData, SegmentationSplit
 from .data.voc import VOC_PALETTE
 from .metrics import confusion_matrix, segmentation_metrics
 from .optim import SchedulerCallable, WarmupPolyLR
 from .report import write_report
+
+SAMPLES = 4  # images shown in the report
 
 
 def _sgd(params) -> torch.optim.Optimizer:
@@ -54,7 +60,7 @@ class SegmentationTask(KestrelTask):
 
     def __init__(
         self,
-        backbone: Backbone | Pyramid,
+        backbone: Backbone | nn.Module,
         num_classes: int,
         head: Callable[[Pyramid, int], DeepLabV3Plus] = DeepLabV3Plus,
         optimizer: OptimizerCallable = _sgd,
@@ -65,7 +71,7 @@ class SegmentationTask(KestrelTask):
         init_from: str | None = None,
     ):
         super().__init__(optimizer, scheduler, norm_weight_decay, init_from)
-        self.model = head(backbone, num_classes)
+        self.model = head(self.pyramid(backbone), num_classes)
         self.num_classes = num_classes
         self.aux_weight = aux_weight
         self.dice_weight = dice_weight
@@ -97,34 +103,56 @@ class SegmentationTask(KestrelTask):
         ]
 
     def collect(self, batch) -> None:
+        """Per image its confusion matrix, and for the first few images (the report's samples) the labels."""
         _, masks, meta = batch
         labels = self.num_classes + 1
         for prediction, mask, info in zip(self._labels(batch), masks, meta):
-            self.keep(info["index"], confusion_matrix(prediction, mask, labels).cpu().numpy())
+            sample = prediction.to(torch.uint8).cpu() if info["index"] < SAMPLES else None
+            self.keep(info["index"], (confusion_matrix(prediction, mask, labels).cpu().numpy(), sample))
 
-    def evaluate(self, split: SegmentationSplit, results: dict[int, np.ndarray]) -> dict:
+    def evaluate(self, split: SegmentationSplit, results: dict[int, tuple]) -> dict:
         """mIoU, pixel accuracy and per-class IoU of the summed per-image confusion matrices."""
-        return segmentation_metrics(np.sum(list(results.values()), axis=0), ["background", *split.class_names])
+        total = np.sum([confusion for confusion, _ in results.values()], axis=0)
+        return segmentation_metrics(total, ["background", *split.class_names])
 
-    def write_report(self, log_dir: str, split: SegmentationSplit, metrics: dict, seconds: float) -> Path:
-        datamodule = self.trainer.datamodule
-        run = {
-            "task": "semantic segmentation (DeepLabV3+)",
-            "backbone": getattr(self.model.backbone, "name", type(self.model.backbone).__name__),
-            "output stride": self.model.output_stride,
-            "input size": f"{datamodule.image_size}x{datamodule.image_size}, logits resized to each image's size",
-            "data": split.description,
-            "images": len(split.records),
-            "checkpoint": getattr(self.trainer, "ckpt_path", None) or self.init_from or "none",
-            "evaluation time (s)": f"{seconds:.1f}",
-        }
+    def write_report(self, log_dir: str, split: SegmentationSplit, results: dict[int, tuple], metrics: dict,
+                     seconds: float) -> Path:
+        size = self.trainer.datamodule.image_size
+        run = self.run_details(f"semantic segmentation (DeepLabV3+, output stride {self.model.output_stride})",
+                               (size, size), split.description, {"images": len(split.records)}, seconds)
+        run["input size"] += ", logits resized to each image's own size"
         notes = [
             "IoU = TP / (TP + FP + FN) over every pixel of the split; void pixels (255) are ignored.",
             "n/a: a class absent from both ground truth and predictions has no IoU and is left out of the mean.",
         ]
+        names = ["background", *split.class_names]
         per_class = {name: {"iou": v} for name, v in metrics["per_class_iou"].items()}
+        total = np.sum([confusion for confusion, _ in results.values()], axis=0)
+        figures = {
+            "per_class_iou": plots.bars(metrics["per_class_iou"], "IoU per class", "IoU"),
+            "confusion_matrix": plots.confusion(total, names),
+            "samples": self._samples(split, results),
+        }
         return write_report(log_dir, "Segmentation report", metrics, ["miou", "pixel_accuracy"], per_class,
-                            ["iou"], run, notes)
+                            ["iou"], run, notes, figures)
+
+    def _samples(self, split: SegmentationSplit, results: dict[int, tuple]):
+        """Ground truth beside the prediction, as VOC-coloured overlays, for the first images."""
+        colours = [tuple(VOC_PALETTE[3 * i: 3 * i + 3]) for i in range(self.num_classes + 1)]
+        panels, titles = [], []
+        for index in sorted(i for i, (_, sample) in results.items() if sample is not None):
+            record = split.records[index]
+            image = torch.from_numpy(read_image(record.file)).permute(2, 0, 1)
+            truth = split.mask(record)
+            for labels, title in ((None if truth is None else torch.from_numpy(truth), "ground truth"),
+                                  (results[index][1], "prediction")):
+                if labels is None:
+                    panels.append(image)
+                else:
+                    masks = labels[None] == torch.arange(1, self.num_classes + 1)[:, None, None]
+                    panels.append(draw_segmentation_masks(image, masks, alpha=0.6, colors=colours[1:]))
+                titles.append(f"{record.file.name}: {title}")
+        return plots.grid(panels, titles)
 
     # ----------------------------------------------------------------- prediction
     def on_predict_epoch_start(self) -> None:

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from report_checks import check_report
 
 from tasks.data.synthetic import CATEGORIES, VOC_SYNTHETIC_CLASSES, generate
 from tasks.detect import cli_main
@@ -54,14 +55,18 @@ def test_test_writes_the_report(data, trained, capsys):
     out = capsys.readouterr().out
     report = latest_version(trained) / "report"
     assert f"Evaluation report: {report / 'report.md'}" in out
-    metrics = json.loads((report / "metrics.json").read_text())
-    for key in ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100"):
+    headline = ["map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100"]
+    metrics = check_report(report, headline, {"per_class_ap", "precision_recall", "samples"},
+                           backbone="mobilenet_v3_large")
+    for key in headline:
         assert metrics[key] is None or 0.0 <= metrics[key] <= 1.0, key
     assert metrics["map_50"] is not None
     assert set(metrics["per_class"]) == set(CATEGORIES.values())
     assert all(set(v) == {"ap", "ap_50"} for v in metrics["per_class"].values())
     markdown = (report / "report.md").read_text()
-    assert f"| map_50 | {metrics['map_50']:.4f} |" in markdown
+    for name, values in metrics["per_class"].items():
+        shown = " | ".join("n/a" if values[k] is None else f"{values[k]:.4f}" for k in ("ap", "ap_50"))
+        assert f"| {name} | {shown} |" in markdown
 
 
 def test_predict_writes_coco_results_with_the_data_sets_ids(data, trained):

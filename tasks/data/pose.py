@@ -54,12 +54,14 @@ class PoseInstance:
         box: ``[x, y, width, height]`` in image pixels, clipped to the image.
         keypoints: ``(K, 3)`` ``x, y, visibility`` (zeros when unknown, e.g. a detection).
         score: The box's score (1 for ground truth).
+        area: The ground truth's ``area`` (OKS's scale); the box's area for a detection.
     """
 
     record: int
     box: np.ndarray
     keypoints: np.ndarray
     score: float = 1.0
+    area: float = 0.0
 
 
 @dataclass
@@ -155,7 +157,8 @@ def coco_pose_split(root: str | Path, split: str, category: str | None, train: b
             if box is None:
                 skipped += 1
                 continue
-            instances.append(PoseInstance(position[im["id"]], box, kps))
+            area = float(ann.get("area") or box[2] * box[3])
+            instances.append(PoseInstance(position[im["id"]], box, kps, area=area))
     if det_file is not None:
         instances, skipped = _detections(Path(det_file), cat["id"], coco.images, position, k, det_score_threshold)
     if skipped:

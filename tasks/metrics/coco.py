@@ -38,13 +38,16 @@ def _number(value: float) -> float | None:
     return None if value < 0 or math.isnan(value) else float(value)
 
 
-def coco_detection_metrics(ground_truth: dict, detections: list[dict], class_names: Sequence[str]) -> dict:
+def coco_detection_metrics(
+    ground_truth: dict, detections: list[dict], class_names: Sequence[str], return_precision: bool = False
+) -> dict | tuple[dict, np.ndarray | None]:
     """COCO bbox metrics of ``detections`` against ``ground_truth`` (a COCO annotation dict).
 
     Returns the summary numbers (``map``, ``map_50``, ``map_75``, ``map_small/medium/large``,
     ``mar_1/10/100``, ``mar_small/medium/large``) exactly as COCOeval's ``stats``, and ``per_class``:
     name -> ``{"ap", "ap_50"}`` (area all, 100 detections). A number that COCOeval leaves undefined
-    (-1: no ground truth of that size or class) is None.
+    (-1: no ground truth of that size or class) is None. With ``return_precision`` also COCOeval's
+    precision array ``[IoU, recall, class, area, max dets]`` (None without detections).
     """
     gt = COCO()
     gt.dataset = {k: ground_truth[k] for k in ("images", "annotations", "categories")}
@@ -53,7 +56,8 @@ def coco_detection_metrics(ground_truth: dict, detections: list[dict], class_nam
     if not detections:
         log.warning("no detections to evaluate: every AP is 0")
         zero = {k: 0.0 for k in COCO_DETECTION_KEYS}
-        return {**zero, "per_class": {name: {"ap": 0.0, "ap_50": 0.0} for name in class_names}}
+        metrics = {**zero, "per_class": {name: {"ap": 0.0, "ap_50": 0.0} for name in class_names}}
+        return (metrics, None) if return_precision else metrics
     dt = gt.loadRes(detections)
     evaluator = COCOeval_faster(gt, dt, "bbox", print_function=log.debug)
     evaluator.evaluate()
@@ -70,4 +74,4 @@ def coco_detection_metrics(ground_truth: dict, detections: list[dict], class_nam
             "ap_50": float(at_50[at_50 > -1].mean()) if (at_50 > -1).any() else None,
         }
     metrics["per_class"] = per_class
-    return metrics
+    return (metrics, precision) if return_precision else metrics

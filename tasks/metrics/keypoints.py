@@ -31,6 +31,27 @@ def oks_matrix(keypoints: np.ndarray, areas: np.ndarray, sigmas: Sequence[float]
     return np.exp(-squared / variances / scale[..., None] / 2).mean(-1)
 
 
+def keypoint_accuracy(predicted: np.ndarray, truth: np.ndarray, areas: np.ndarray, sigmas: Sequence[float],
+                      threshold: float = 0.5) -> list[float | None]:
+    """Per keypoint, the fraction of labelled ground-truth keypoints whose similarity term of OKS,
+    ``exp(-d^2 / (2 * area * (2 * sigma)^2))``, is at least ``threshold``; None where none is labelled.
+
+    Args:
+        predicted: ``(N, K, 2+)`` keypoints, each matched to the ground truth of the same row.
+        truth: ``(N, K, 3)`` ground truth ``x, y, visibility``.
+        areas: ``(N,)`` the ground-truth areas (COCO's ``area``).
+        sigmas: ``(K,)`` OKS sigmas.
+    """
+    predicted, truth = np.asarray(predicted, np.float64), np.asarray(truth, np.float64)
+    squared = ((predicted[..., :2] - truth[..., :2]) ** 2).sum(-1)
+    variances = (2 * np.asarray(sigmas, np.float64)) ** 2
+    similarity = np.exp(-squared / variances / (np.asarray(areas, np.float64)[:, None] + np.spacing(1)) / 2)
+    labelled = truth[..., 2] > 0
+    hits = ((similarity >= threshold) & labelled).sum(0)
+    counts = labelled.sum(0)
+    return [float(h / c) if c else None for h, c in zip(hits, counts)]
+
+
 def oks_nms(keypoints: np.ndarray, scores: np.ndarray, areas: np.ndarray, sigmas: Sequence[float],
             threshold: float = 0.9) -> list[int]:
     """Greedy non-maximum suppression of poses: keep the best-scoring, drop those whose OKS with it
