@@ -14,6 +14,7 @@ from ._features import (
     Pyramid,
     check_pyramid,
     check_pyramid_output,
+    ensure_pyramid,
     level_name,
 )
 from ._registry import (
@@ -28,6 +29,7 @@ from ._registry import (
 )
 from ._timm import TimmBackbone
 from ._torchvision import TorchvisionBackbone
+from .interop import register_smp_encoders, torchvision_backbone
 from .necks import FPN, BackboneWithNeck, SSDLiteExtra
 
 __all__ = [
@@ -47,9 +49,12 @@ __all__ = [
     "build_backbone",
     "check_pyramid",
     "check_pyramid_output",
+    "ensure_pyramid",
     "get_backbone_factory",
     "level_name",
     "list_backbones",
     "register_backbone",
+    "register_smp_encoders",
     "reload_plugins",
+    "torchvision_backbone",
 ]

@@ -201,6 +201,33 @@ def check_pyramid_output(module: Pyramid, features: object, image_size: tuple[in
             )
 
 
+def ensure_pyramid(module: object, source: str = "backbone", probe_size: int = 64) -> nn.Module:
+    """Check a module given as a backbone (e.g. by ``class_path`` from any package) against the contract.
+
+    Statically (:func:`check_pyramid`), then by one forward of a ``probe_size`` square of zeros
+    (:func:`check_pyramid_output`: an ordered dict of the named levels with the stated channels). A
+    module without ``mean``/``std`` gets ImageNet's. Returns the module.
+
+    Raises:
+        TypeError, ValueError: what is missing or wrong, naming ``source``.
+    """
+    check_pyramid(module, source)
+    was_training = module.training
+    device = next((p.device for p in module.parameters()), torch.device("cpu"))
+    try:
+        with torch.no_grad():
+            features = module.eval()(torch.zeros(1, 3, probe_size, probe_size, device=device))
+        check_pyramid_output(module, features)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"{source} does not satisfy Kestrel's pyramid contract: {err}") from None
+    finally:
+        module.train(was_training)
+    for name, default in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):
+        if not hasattr(module, name):
+            setattr(module, name, default)
+    return module
+
+
 def level_name(stride: int) -> str:
     """Name of the level at nominal stride ``2**k``: ``"C{k}"`` (the FPN paper's convention)."""
     if stride <= 0 or stride & (stride - 1):

@@ -1,0 +1,58 @@
+"""torch.hub entry points: ``torch.hub.load("path/to/kestrel", "ssdlite_mbv3", source="local")``.
+
+Each model is the network of the config of the same name (``configs/<name>.yaml``), without ImageNet
+weights unless ``pretrained_backbone=True`` (then from torchvision's / timm's cache, or the network);
+``weights=`` loads a Kestrel checkpoint or state dict of the whole network.
+"""
+
+dependencies = ["torch", "torchvision", "timm", "segmentation_models_pytorch", "jsonargparse", "yaml"]
+
+from backbones import build_backbone as backbone  # noqa: E402, F401  (a bare pyramid by name)
+from backbones.interop import torchvision_backbone  # noqa: E402, F401
+from tasks.data.pose import COCO_KEYPOINTS  # noqa: E402
+from tasks.hub import model_from_config  # noqa: E402
+
+
+def ssdlite_mbv3(num_classes: int = 80, image_size: int = 320, **kwargs):
+    """SSDLite320 on MobileNetV3-Large (``configs/ssdlite_mbv3.yaml``, torchvision's layout)."""
+    return model_from_config("ssdlite_mbv3", num_classes=num_classes, image_size=image_size, **kwargs)
+
+
+def ssdlite_mbv2(num_classes: int = 80, image_size: int = 320, **kwargs):
+    """SSDLite on MobileNetV2 (``configs/ssdlite_mbv2.yaml``)."""
+    return model_from_config("ssdlite_mbv2", num_classes=num_classes, image_size=image_size, **kwargs)
+
+
+def ssdlite_effb0(num_classes: int = 80, image_size: int = 320, **kwargs):
+    """SSDLite on EfficientNet-B0 (``configs/ssdlite_effb0.yaml``)."""
+    return model_from_config("ssdlite_effb0", num_classes=num_classes, image_size=image_size, **kwargs)
+
+
+def deeplabv3plus_mbv2(num_classes: int = 20, **kwargs):
+    """DeepLabV3+ on MobileNetV2, output stride 16 (``configs/deeplabv3plus_mbv2_voc.yaml``)."""
+    return model_from_config("deeplabv3plus_mbv2_voc", num_classes=num_classes, **kwargs)
+
+
+def deeplabv3plus_mbv3(num_classes: int = 20, **kwargs):
+    """DeepLabV3+ on MobileNetV3-Large (``configs/deeplabv3plus_mbv3_voc.yaml``)."""
+    return model_from_config("deeplabv3plus_mbv3_voc", num_classes=num_classes, **kwargs)
+
+
+def deeplabv3plus_effb0(num_classes: int = 20, **kwargs):
+    """DeepLabV3+ on EfficientNet-B0 (``configs/deeplabv3plus_effb0_voc.yaml``)."""
+    return model_from_config("deeplabv3plus_effb0_voc", num_classes=num_classes, **kwargs)
+
+
+def pose_mbv2(keypoint_names=COCO_KEYPOINTS, **kwargs):
+    """SimpleBaseline heatmaps on MobileNetV2, 256x192 (``configs/pose_mbv2_coco.yaml``)."""
+    return model_from_config("pose_mbv2_coco", keypoint_names=list(keypoint_names), **kwargs)
+
+
+def pose_mbv3(keypoint_names=COCO_KEYPOINTS, **kwargs):
+    """SimpleBaseline heatmaps on MobileNetV3-Large (``configs/pose_mbv3_coco.yaml``)."""
+    return model_from_config("pose_mbv3_coco", keypoint_names=list(keypoint_names), **kwargs)
+
+
+def pose_effb0(keypoint_names=COCO_KEYPOINTS, **kwargs):
+    """SimpleBaseline heatmaps on EfficientNet-B0 (``configs/pose_effb0_coco.yaml``)."""
+    return model_from_config("pose_effb0_coco", keypoint_names=list(keypoint_names), **kwargs)

@@ -1,0 +1,64 @@
+"""Models built from Kestrel's configs, outside any training run (``hubconf.py`` serves these).
+
+:func:`model_from_config` reads a task config's ``model`` section, fills what the data would link
+(class count, keypoint names, input size) and returns the task's network (``task.model``), with
+weights from a Kestrel checkpoint or state dict if given.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonargparse import ArgumentParser
+from torch import nn
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _task_class(config: Path):
+    kind = config.name.split("_")[0]
+    if kind == "ssdlite":
+        from .detect import DetectionTask
+
+        return DetectionTask
+    if kind == "deeplabv3plus":
+        from .segment import SegmentationTask
+
+        return SegmentationTask
+    if kind == "pose":
+        from .pose import PoseTask
+
+        return PoseTask
+    raise ValueError(f"config {str(config)!r}: its name must start with ssdlite_, deeplabv3plus_ or pose_")
+
+
+def model_from_config(
+    config: str | Path, weights: str | None = None, pretrained_backbone: bool | str = False, **model_args: Any
+) -> nn.Module:
+    """The network a task config describes (``configs/<name>.yaml`` or a path).
+
+    Args:
+        config: A config file, or the name of one in Kestrel's ``configs/`` (``"ssdlite_mbv3"``).
+        weights: A Kestrel checkpoint (``best.ckpt``) or state dict of the whole network.
+        pretrained_backbone: Overrides the config's ``model.backbone.pretrained`` (False: no
+            ImageNet weights, nothing downloaded).
+        **model_args: What the data would give the task: ``num_classes`` (detection, segmentation),
+            ``image_size`` (detection), ``keypoint_names`` (pose); any other ``model.*`` key too.
+    """
+    path = Path(config)
+    if not path.suffix:
+        path = CONFIGS / f"{config}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"config {str(path)!r} does not exist")
+    task_class = _task_class(path)
+    section = yaml.safe_load(path.read_text()).get("model", {})
+    section.setdefault("backbone", {})["pretrained"] = pretrained_backbone
+    section.update(model_args)
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(task_class, "model", fail_untyped=False)
+    task = parser.instantiate(parser.parse_object({"model": section})).model
+    if weights is not None:
+        task.load_init_weights(weights)
+    return task.model

@@ -1,0 +1,53 @@
+"""A backbone module from any importable package, given by ``class_path``, and the README's examples."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tasks.data.synthetic import generate
+from tasks.detect import cli_main
+
+ROOT = Path(__file__).parents[1]
+CONFIG = str(ROOT / "configs" / "demo" / "ssdlite_mbv3_shapes.yaml")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("shapes"), train=8, val=3, seed=4, progress=False) / "coco"
+
+
+def _args(data, run_dir, backbone):
+    return ["--config", CONFIG, "--data.root", str(data), "--data.image_size", "128", "--data.batch_size", "4",
+            "--data.num_workers", "0", "--trainer.enable_progress_bar", "false", "--trainer.max_epochs", "1",
+            "--trainer.default_root_dir", str(run_dir), "--model.backbone", backbone]
+
+
+def test_a_class_path_backbone_that_keeps_the_contract_trains(data, tmp_path):
+    cli_main(["fit", *_args(data, tmp_path, '{"class_path": "example_backbones.GoodNet", "init_args": {"width": 8}}')])
+    assert next(tmp_path.glob("lightning_logs/version_0/checkpoints/last.ckpt")).is_file()
+
+
+@pytest.mark.parametrize("name,message", [
+    ("NoInfoNet", "example_backbones.NoInfoNet does not satisfy Kestrel's pyramid contract: it has no `feature_info`"),
+    ("ListNet", "example_backbones.ListNet does not satisfy .*must return an OrderedDict of named levels, got list"),
+])
+def test_a_class_path_backbone_that_breaks_the_contract_is_told_what_is_missing(data, tmp_path, name, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        cli_main(["fit", *_args(data, tmp_path, f'{{"class_path": "example_backbones.{name}"}}')])
+
+
+def _readme_examples(section: str) -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index(f"\n## {section}\n")
+    end = readme.find("\n## ", start + 1)
+    return re.findall(r"```python\n(.*?)```", readme[start:end if end > 0 else None], flags=re.S)
+
+
+@pytest.mark.parametrize("section", ["Use Kestrel backbones in your repo", "Plug your backbone into Kestrel"])
+def test_readme_examples_run(section, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    examples = _readme_examples(section)
+    assert examples
+    for code in examples:
+        exec(compile(code, f"README.md ({section})", "exec"), {"__name__": "readme_example"})

@@ -1,0 +1,52 @@
+"""torch.hub entry points (hubconf.py) and models built from configs."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from heads.deeplabv3plus import DeepLabV3Plus
+from heads.pose import SimpleBaseline
+from heads.ssdlite import SSDLite
+from tasks.hub import model_from_config
+
+REPO = str(Path(__file__).parents[1])
+
+
+def test_hubconf_has_a_model_per_task_config():
+    spec = importlib.util.spec_from_file_location("hubconf", Path(REPO) / "hubconf.py")
+    hubconf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hubconf)
+    names = {name for name in dir(hubconf) if callable(getattr(hubconf, name)) and not name.startswith("_")}
+    assert {"ssdlite_mbv3", "ssdlite_mbv2", "ssdlite_effb0", "deeplabv3plus_mbv2", "deeplabv3plus_mbv3",
+            "deeplabv3plus_effb0", "pose_mbv2", "pose_mbv3", "pose_effb0", "backbone",
+            "torchvision_backbone"} <= names
+
+
+@pytest.mark.parametrize("name,kind,kwargs,shape", [
+    ("ssdlite_mbv3", SSDLite, {"num_classes": 3}, None),
+    ("deeplabv3plus_mbv2", DeepLabV3Plus, {"num_classes": 3}, (1, 4, 96, 128)),
+    ("pose_mbv2", SimpleBaseline, {}, (1, 17, 24, 32)),
+])
+def test_hub_load_builds_the_configs_network(name, kind, kwargs, shape):
+    model = torch.hub.load(REPO, name, source="local", **kwargs).eval()
+    assert isinstance(model, kind)
+    with torch.no_grad():
+        out = model(torch.rand(1, 3, 96, 128))
+    if shape is None:  # detection: a list of detections per image
+        assert set(out[0]) == {"boxes", "scores", "labels"}
+    else:
+        assert (out["out"] if isinstance(out, dict) else out).shape == shape
+
+
+def test_weights_load_into_the_hub_model(tmp_path):
+    model = model_from_config("pose_mbv2_coco", keypoint_names=["nose", "left_eye", "right_eye"])
+    for p in model.parameters():
+        p.data.normal_()
+    torch.save({f"model.{k}": v for k, v in model.state_dict().items()}, tmp_path / "pose.ckpt")
+    loaded = torch.hub.load(REPO, "pose_mbv2", source="local", keypoint_names=["nose", "left_eye", "right_eye"],
+                            weights=str(tmp_path / "pose.ckpt"))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    with pytest.raises(FileNotFoundError, match="no_such.yaml"):
+        model_from_config("configs/no_such.yaml")
