@@ -92,8 +92,10 @@ def decode_heatmaps(heatmaps: torch.Tensor, blur_kernel: int | None = 11) -> tup
 
     The heatmaps are smoothed by a Gaussian (``blur_kernel``; OpenCV's sigma for that size, 2 for
     11, the training sigma), their log expanded to second order around the maximum, and the maximum
-    moved to the expansion's stationary point (by at most one pixel). A Gaussian target decodes back
-    to its centre exactly.
+    moved to the expansion's stationary point (by at most one pixel). A peak closer to the border
+    than half the kernel is refined on the unsmoothed heatmap: smoothing there, with any padding,
+    would pull it toward or away from the edge. A Gaussian target decodes back to its centre except
+    on the outermost ring of pixels, where there is nothing to refine with.
 
     Args:
         heatmaps: ``(N, K, H, W)``.
@@ -114,6 +116,9 @@ def decode_heatmaps(heatmaps: torch.Tensor, blur_kernel: int | None = 11) -> tup
         smooth = smooth.reshape(n, k, height, width)
         # keep each heatmap's peak height, as DARK does
         smooth = smooth * (scores[..., None, None] / smooth.amax((-2, -1), keepdim=True).clamp_min(1e-12))
+        half = blur_kernel // 2
+        near_border = (x < half) | (x >= width - half) | (y < half) | (y >= height - half)
+        smooth = torch.where(near_border[..., None, None], heatmaps.float(), smooth)
     log = smooth.clamp_min(1e-10).log()
     pad = F.pad(log, (1, 1, 1, 1), mode="replicate").reshape(n, k, -1)
     stride = width + 2

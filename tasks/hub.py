@@ -54,7 +54,9 @@ def model_from_config(
         raise FileNotFoundError(f"config {str(path)!r} does not exist")
     task_class = _task_class(path)
     section = yaml.safe_load(path.read_text()).get("model", {})
-    section.setdefault("backbone", {})["pretrained"] = pretrained_backbone
+    backbone = section.setdefault("backbone", {})
+    if "class_path" not in backbone:  # a backbone by name; a class_path one keeps its own arguments
+        backbone["pretrained"] = pretrained_backbone
     section.update(model_args)
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(task_class, "model", fail_untyped=False)

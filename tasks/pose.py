@@ -141,7 +141,10 @@ class PoseTask(KestrelTask):
         sigmas = self.trainer.datamodule.sigmas
         if split.coco_gt is None:
             raise ValueError(f"{split.description} has no keypoint annotations to evaluate against")
-        return coco_keypoint_metrics(split.coco_gt, self.results(split, kept, sigmas), sigmas, split.category_id)
+        metrics = coco_keypoint_metrics(split.coco_gt, self.results(split, kept, sigmas), sigmas, split.category_id)
+        if metrics["ap"] is None:
+            raise ValueError(f"{split.description} has no person with labelled keypoints to evaluate against")
+        return metrics
 
     def write_report(self, log_dir: str, split: PoseSplit, results: dict[int, tuple], metrics: dict,
                      seconds: float) -> Path:

@@ -1,7 +1,8 @@
 """Semantic segmentation: ``python -m tasks.segment {fit,validate,test,predict} --config CONFIG.yaml``.
 
-Trains and evaluates DeepLabV3+ on any Kestrel backbone, on VOC or COCO folders. Evaluation runs at
-each image's own resolution (logits resized back before the metric). ``test`` writes
+Trains and evaluates DeepLabV3+ on any Kestrel backbone, on VOC or COCO folders. Evaluation scores
+each image at its own resolution: the image is resized to ``data.image_size`` and the logits resized
+back before the metric. ``test`` writes
 ``report/metrics.json`` (``miou``, ``pixel_accuracy``, ``per_class_iou``) and ``report/report.md``;
 ``predict`` writes one palette PNG of class indices per image into ``predictions/``.
 """
@@ -160,17 +161,18 @@ class SegmentationTask(KestrelTask):
         self._predictions = Path(self.log_dir()) / "predictions"
         self._predictions.mkdir(parents=True, exist_ok=True)
 
-    def predict_step(self, batch, batch_idx: int) -> list[torch.Tensor]:
-        """Per image, its labels at its own size; each is also written as ``predictions/<image>.png``."""
+    def predict_step(self, batch, batch_idx: int) -> None:
+        """Write each image's labels, at its own size, as ``predictions/<image>.png`` (nothing is kept in
+        memory: a data set's full-resolution label maps would not fit)."""
         labels = self._labels(batch)
         records = self.trainer.datamodule.split("predict").records
         for prediction, info in zip(labels, batch[2]):
             png = Image.fromarray(prediction.to(torch.uint8).cpu().numpy(), mode="P")
             png.putpalette(VOC_PALETTE)
             png.save(self._predictions / f"{records[info['index']].file.stem}.png")
-        return labels
 
     def on_predict_epoch_end(self) -> None:
+        self.trainer.strategy.barrier()  # every process has written its PNGs
         if self.trainer.is_global_zero:
             count = len(list(self._predictions.glob("*.png")))
             print(f"Predictions: {self._predictions} ({count} palette PNGs of class indices)")

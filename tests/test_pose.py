@@ -46,6 +46,15 @@ def test_a_heatmap_decodes_back_to_its_sub_pixel_point(blur_kernel):
     assert (coords[0] - points).abs().max() < 0.5 * (coords[0].round() - points).abs().max()
 
 
+@pytest.mark.parametrize("blur_kernel", [11, None])
+def test_peaks_near_the_border_decode_without_a_pull(blur_kernel):
+    """One to five pixels from an edge, where smoothing with any padding would drag the peak."""
+    points = torch.tensor([[1.2, 30.0], [2.2, 9.6], [3.5, 40.3], [45.8, 20.0], [24.0, 1.7], [17.3, 61.2]])
+    heatmaps, _ = gaussian_heatmaps(points, torch.ones(6), (64, 48), sigma=2.0)
+    coords, _ = decode_heatmaps(heatmaps[None], blur_kernel)
+    assert (coords[0] - points).abs().max() < 0.1
+
+
 def test_targets_of_unlabelled_or_outside_keypoints_weigh_nothing():
     points = torch.tensor([[5.0, 5.0], [5.0, 5.0], [60.0, 5.0], [-3.0, 2.0]])
     heatmaps, weights = gaussian_heatmaps(points, torch.tensor([1, 0, 1, 1]), (16, 12))
@@ -246,3 +255,13 @@ def test_data_module_sigmas_and_sizes(coco_root):
         PoseData(str(coco_root), sigmas=[0.1, 0.2])
     with pytest.raises(ValueError, match="must be 'coco' for pose"):
         PoseData(str(coco_root), format="voc")
+
+
+def test_detections_without_a_person_are_an_error_naming_the_ids(coco_root, tmp_path):
+    gt = json.loads((coco_root / "annotations" / "person_keypoints_val2017.json").read_text())
+    det_file = tmp_path / "detections.json"
+    det_file.write_text(json.dumps([{"image_id": gt["images"][0]["id"], "category_id": 3, "bbox": [1, 2, 30, 40],
+                                     "score": 0.9}]))
+    with pytest.raises(ValueError, match=r"no person boxes to use; .*detections.json has category ids \[3\], the "
+                                         r"keypoint category is 1"):
+        PoseData(str(coco_root), det_file=str(det_file))

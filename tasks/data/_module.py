@@ -5,19 +5,27 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 STAGES = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
 
 
 def seed_worker(worker_id: int) -> None:
-    """Give each loader worker its own augmentation stream (the dataset's or its albumentations pipeline's)."""
+    """Give each loader worker its own augmentation stream (the dataset's or its albumentations pipeline's).
+
+    The worker seed comes from torch's generator, seeded alike on every process of a distributed run,
+    so the process rank is mixed in: otherwise worker ``w`` of every GPU would draw the same crops.
+    """
     info = get_worker_info()
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    seed = int(np.random.SeedSequence([info.seed % 2**63, rank]).generate_state(1)[0])
     for owner in (info.dataset, getattr(info.dataset, "transform", None)):
         if hasattr(owner, "set_random_seed"):
-            owner.set_random_seed(info.seed % 2**32)
+            owner.set_random_seed(seed)
             return
 
 

@@ -189,7 +189,7 @@ def _detections(path: Path, category_id: int, images: list[dict], position: dict
             skipped += 1
             continue
         instances.append(PoseInstance(position[det["image_id"]], box, np.zeros((k, 3), np.float32),
-                                      float(det.get("score", 1.0))))
+                                      float(det.get("score", 1.0)), float(box[2] * box[3])))
     return instances, skipped
 
 
@@ -253,23 +253,32 @@ def invert_affine(matrix: np.ndarray) -> np.ndarray:
 
 @dataclass
 class PoseAugment:
-    """Random box changes of training crops (mmpose's ``RandomBBoxTransform`` and ``RandomFlip``).
+    """Random box changes of training crops: mmpose's ``RandomBBoxTransform`` and ``RandomFlip``, with
+    its defaults (mmpose's ``RandomHalfBody`` is not implemented).
 
     Attributes:
-        scale: Range of the box-size factor.
-        rotation: Largest rotation in degrees (a clipped normal times this).
+        scale: Range of the box-size factor (a normal truncated to the range, as mmpose).
+        rotation: Largest rotation in degrees (a normal truncated to [-1, 1] times this).
         rotation_prob: Probability of rotating.
-        shift: Largest centre shift, as a fraction of the box size.
+        shift: Largest centre shift, as a fraction of the padded box size.
         shift_prob: Probability of shifting.
         flip_prob: Probability of a horizontal flip (left and right keypoints swapped).
     """
 
-    scale: tuple[float, float] = (0.75, 1.25)
-    rotation: float = 40.0
+    scale: tuple[float, float] = (0.5, 1.5)
+    rotation: float = 80.0
     rotation_prob: float = 0.6
     shift: float = 0.16
     shift_prob: float = 0.3
     flip_prob: float = 0.5
+
+
+def _truncated_normal(rng: np.random.Generator) -> float:
+    """A standard normal draw truncated to [-1, 1] (resampled, not clipped)."""
+    while True:
+        value = rng.normal()
+        if -1.0 <= value <= 1.0:
+            return float(value)
 
 
 class PoseDataset(Dataset):
@@ -306,10 +315,11 @@ class PoseDataset(Dataset):
         if a is not None:
             rng = self.rng
             if rng.random() < a.shift_prob:
-                center = center + rng.uniform(-a.shift, a.shift, 2) * scale / PADDING
-            scale = scale * rng.uniform(*a.scale)
+                center = center + rng.uniform(-a.shift, a.shift, 2) * scale
+            low, high = a.scale
+            scale = scale * ((high + low) / 2 + _truncated_normal(rng) * (high - low) / 2)
             if rng.random() < a.rotation_prob:
-                rotation = float(np.clip(rng.normal(), -1, 1) * a.rotation)
+                rotation = _truncated_normal(rng) * a.rotation
             flip = rng.random() < a.flip_prob
         matrix = crop_matrix(center, scale, self.image_size, rotation, flip)
         crop = cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
@@ -418,6 +428,15 @@ class PoseData(KestrelDataModule):
             if self._splits and split.keypoint_names != self.keypoint_names:
                 raise ValueError(f"{split.description} names keypoints {split.keypoint_names}, the validation "
                                  f"split {self.keypoint_names}: every split must name the same keypoints")
+        if not split.instances:
+            found = ""
+            if self.det_file and stage != "train":
+                results = load_json(self.det_file)
+                ids = sorted({d.get("category_id") for d in results if isinstance(d, dict)}, key=str)
+                found = (f"; {self.det_file} has category ids {ids}, the keypoint category is "
+                         f"{split.category_id}")
+            raise ValueError(f"{split.description}: no person boxes to {'train on' if stage == 'train' else 'use'}"
+                             f"{found}")
         check_files_exist([im.file for im in split.images], split.description)
         return split
 

@@ -74,7 +74,8 @@ def coco_keypoint_metrics(ground_truth: dict, results: list[dict], sigmas: Seque
 
     Returns ``ap``, ``ap_50``, ``ap_75``, ``ap_medium``, ``ap_large``, ``ar``, ``ar_50``, ``ar_75``,
     ``ar_medium``, ``ar_large`` exactly as COCOeval's ``stats`` with these ``sigmas``; None where
-    COCOeval leaves a number undefined (no ground truth of that size).
+    COCOeval leaves a number undefined (no ground truth of that size). Without any results every
+    number is 0.
     """
     gt = COCO()
     gt.dataset = {k: ground_truth[k] for k in ("images", "annotations", "categories")}
