@@ -114,7 +114,7 @@ class SegmentationTask(KestrelTask):
     def evaluate(self, split: SegmentationSplit, results: dict[int, tuple]) -> dict:
         """mIoU, pixel accuracy and per-class IoU of the summed per-image confusion matrices."""
         total = np.sum([confusion for confusion, _ in results.values()], axis=0)
-        return segmentation_metrics(total, ["background", *split.class_names])
+        return segmentation_metrics(total, split.label_names)
 
     def write_report(self, log_dir: str, split: SegmentationSplit, results: dict[int, tuple], metrics: dict,
                      seconds: float) -> Path:
@@ -126,12 +126,11 @@ class SegmentationTask(KestrelTask):
             "IoU = TP / (TP + FP + FN) over every pixel of the split; void pixels (255) are ignored.",
             "n/a: a class absent from both ground truth and predictions has no IoU and is left out of the mean.",
         ]
-        names = ["background", *split.class_names]
         per_class = {name: {"iou": v} for name, v in metrics["per_class_iou"].items()}
         total = np.sum([confusion for confusion, _ in results.values()], axis=0)
         figures = {
             "per_class_iou": plots.bars(metrics["per_class_iou"], "IoU per class", "IoU"),
-            "confusion_matrix": plots.confusion(total, names),
+            "confusion_matrix": plots.confusion(total, split.label_names),
             "samples": self._samples(split, results),
         }
         return write_report(log_dir, "Segmentation report", metrics, ["miou", "pixel_accuracy"], per_class,

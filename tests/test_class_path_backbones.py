@@ -4,12 +4,12 @@ import re
 from pathlib import Path
 
 import pytest
+from cli_runs import demo_args
 
 from tasks.data.synthetic import generate
 from tasks.detect import cli_main
 
 ROOT = Path(__file__).parents[1]
-CONFIG = str(ROOT / "configs" / "demo" / "ssdlite_mbv3_shapes.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -18,9 +18,8 @@ def data(tmp_path_factory):
 
 
 def _args(data, run_dir, backbone):
-    return ["--config", CONFIG, "--data.root", str(data), "--data.image_size", "128", "--data.batch_size", "4",
-            "--data.num_workers", "0", "--trainer.enable_progress_bar", "false", "--trainer.max_epochs", "1",
-            "--trainer.default_root_dir", str(run_dir), "--model.backbone", backbone]
+    return demo_args("ssdlite_mbv3_shapes", data, run_dir, "128", "--trainer.max_epochs", "1",
+                     "--model.backbone", backbone)
 
 
 def test_a_class_path_backbone_that_keeps_the_contract_trains(data, tmp_path):

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
-from report_checks import check_report
+from cli_runs import check_report, demo_args, latest_version
 
 from tasks.data.synthetic import CATEGORIES, VOC_SYNTHETIC_CLASSES, generate
 from tasks.detect import cli_main
@@ -14,13 +14,8 @@ CONFIG = str(Path(__file__).parents[1] / "configs" / "demo" / "ssdlite_mbv3_shap
 
 
 def small(root, run_dir, *extra):
-    """The demo config, shrunk to seconds: 128 px, batches of 4, no loader workers."""
-    return [
-        "--config", CONFIG, "--data.root", str(root), "--data.image_size", "128", "--data.batch_size", "4",
-        "--data.num_workers", "0", "--trainer.default_root_dir", str(run_dir), "--trainer.enable_progress_bar",
-        "false", "--trainer.logger.class_path", "pytorch_lightning.loggers.CSVLogger",
-        "--trainer.logger.init_args.save_dir", str(run_dir), *extra,
-    ]
+    """The demo config at 128 px, for seconds."""
+    return demo_args("ssdlite_mbv3_shapes", root, run_dir, "128", *extra)
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +30,6 @@ def trained(data, tmp_path_factory):
                             "--data.augment", "none", "--model.scheduler.init_args.warmup_steps", "3")])
     return run_dir
 
-
-def latest_version(run_dir: Path) -> Path:
-    return max((run_dir / "lightning_logs").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
 
 
 def test_fit_lowers_the_loss_and_keeps_checkpoints(trained):

@@ -2,32 +2,19 @@
 
 import csv
 import json
-from pathlib import Path
 
 import pytest
-from report_checks import check_report
+from cli_runs import check_report, demo_args, latest_version, read_metrics
 
 from tasks.data.synthetic import generate
 from tasks.pose import cli_main
 
-CONFIG = str(Path(__file__).parents[1] / "configs" / "demo" / "pose_mbv2_shapes.yaml")
-
 
 def small(root, run_dir, *extra):
-    return [
-        "--config", CONFIG, "--data.root", str(root), "--data.image_size", "[64, 64]", "--data.batch_size", "4",
-        "--data.num_workers", "0", "--trainer.default_root_dir", str(run_dir), "--trainer.enable_progress_bar",
-        "false", "--trainer.logger.class_path", "pytorch_lightning.loggers.CSVLogger",
-        "--trainer.logger.init_args.save_dir", str(run_dir), *extra,
-    ]
+    """The demo config at [64, 64] px, for seconds."""
+    return demo_args("pose_mbv2_shapes", root, run_dir, "[64, 64]", *extra)
 
 
-def latest_version(run_dir: Path) -> Path:
-    return max((run_dir / "lightning_logs").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
-
-
-def read_metrics(run_dir: Path) -> dict:
-    return json.loads((latest_version(run_dir) / "report" / "metrics.json").read_text())
 
 
 @pytest.fixture(scope="module")

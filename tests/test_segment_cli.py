@@ -2,30 +2,20 @@
 
 import csv
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_runs import check_report, demo_args, latest_version
 from PIL import Image
-from report_checks import check_report
 
 from tasks.data.synthetic import VOC_SYNTHETIC_CLASSES, generate
 from tasks.segment import cli_main
 
-CONFIG = str(Path(__file__).parents[1] / "configs" / "demo" / "deeplabv3plus_mbv2_shapes.yaml")
-
 
 def small(root, run_dir, *extra):
-    return [
-        "--config", CONFIG, "--data.root", str(root), "--data.image_size", "96", "--data.batch_size", "4",
-        "--data.num_workers", "0", "--trainer.default_root_dir", str(run_dir), "--trainer.enable_progress_bar",
-        "false", "--trainer.logger.class_path", "pytorch_lightning.loggers.CSVLogger",
-        "--trainer.logger.init_args.save_dir", str(run_dir), *extra,
-    ]
+    """The demo config at 96 px, for seconds."""
+    return demo_args("deeplabv3plus_mbv2_shapes", root, run_dir, "96", *extra)
 
-
-def latest_version(run_dir: Path) -> Path:
-    return max((run_dir / "lightning_logs").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
 
 
 @pytest.fixture(scope="module")

@@ -78,6 +78,11 @@ class SegmentationSplit:
     coco: COCO | None = None
     label_of: dict[int, int] | None = None
 
+    @property
+    def label_names(self) -> list[str]:
+        """Names of every label, background first."""
+        return ["background", *self.class_names]
+
     def mask(self, record: SegmentationRecord) -> np.ndarray | None:
         """The record's mask of labels (0 background, 255 void), or None for images without one."""
         if record.mask_file is not None:

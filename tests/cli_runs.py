@@ -1,4 +1,4 @@
-"""What every task's ``test`` report must hold (used by the task CLI tests)."""
+"""What the task CLI tests share: the demo configs shrunk to seconds, run folders, and what a report must hold."""
 
 import json
 import re
@@ -6,6 +6,29 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+DEMO_CONFIGS = Path(__file__).parents[1] / "configs" / "demo"
+
+
+def demo_args(config: str, root, run_dir, image_size: str, *extra: str) -> list[str]:
+    """A demo config (``configs/demo/<config>.yaml``) on ``root``, shrunk to seconds: small images,
+    batches of 4, no loader workers, no progress bar, CSV logs in ``run_dir``."""
+    return [
+        "--config", str(DEMO_CONFIGS / f"{config}.yaml"), "--data.root", str(root), "--data.image_size", image_size,
+        "--data.batch_size", "4", "--data.num_workers", "0", "--trainer.default_root_dir", str(run_dir),
+        "--trainer.enable_progress_bar", "false", "--trainer.logger.class_path", "pytorch_lightning.loggers.CSVLogger",
+        "--trainer.logger.init_args.save_dir", str(run_dir), *extra,
+    ]
+
+
+def latest_version(run_dir: Path) -> Path:
+    """The newest ``lightning_logs/version_N`` of a run folder."""
+    return max((run_dir / "lightning_logs").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+
+
+def read_metrics(run_dir: Path) -> dict:
+    """The newest run's ``report/metrics.json``."""
+    return json.loads((latest_version(run_dir) / "report" / "metrics.json").read_text())
 
 
 def check_report(folder: Path, headline: list[str], plots: set[str], backbone: str) -> dict:
