@@ -10,14 +10,14 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 DEMO_DATA := data/shapes
 DEMO_CONFIG := configs/demo/ssdlite_mbv3_shapes.yaml
 
-.PHONY: install test test-all demo demo-segment demo-pose bench lint clean
+.PHONY: install test test-all demo demo-export demo-segment demo-pose bench lint clean
 
 install: $(STAMP)
 
 # Re-runs only when the dependencies change; `make install` is otherwise instant.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,openvino]'
 	touch $(STAMP)
 
 test: install  ## the suite CI runs (slow checks excluded)
@@ -32,6 +32,18 @@ $(DEMO_DATA)/coco/annotations/instances_val2017.json: | install
 demo: install $(DEMO_DATA)/coco/annotations/instances_val2017.json  ## train SSDLite on the synthetic data, then test
 	$(PY) -m tasks.detect fit --config $(DEMO_CONFIG)
 	$(PY) -m tasks.detect test --config $(DEMO_CONFIG) --ckpt_path best
+
+# After `make demo`: the trained detector as ONNX, INT8 ONNX and OpenVINO, each scored by `test` beside the checkpoint.
+DEMO_RUN := runs/demo/detect/lightning_logs
+demo-export: install  ## export the demo detector (run make demo first) and test every exported file
+	$(PY) -m tasks.detect export --config $(DEMO_CONFIG) --ckpt_path best
+	$(PY) -m tasks.detect export --config $(DEMO_CONFIG) --ckpt_path best --int8 true
+	$(PY) -m tasks.detect export --config $(DEMO_CONFIG) --ckpt_path best --format openvino
+	$(PY) -m tasks.detect test --config $(DEMO_CONFIG) --ckpt_path best
+	for file in model.onnx model_int8.onnx model.xml; do \
+		$(PY) -m tasks.detect test --config $(DEMO_CONFIG) --ckpt_path "$$(ls -t $(DEMO_RUN)/*/export/$$file | head -1)" || exit 1; \
+	done
+	$(PY) -m tasks.report compare $$(ls -td $(DEMO_RUN)/version_* | head -4 | tac)
 
 demo-segment: install $(DEMO_DATA)/coco/annotations/instances_val2017.json  ## DeepLabV3+ on the synthetic VOC folder
 	$(PY) -m tasks.segment fit --config configs/demo/deeplabv3plus_mbv2_shapes.yaml

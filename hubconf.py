@@ -28,19 +28,19 @@ def ssdlite_effb0(num_classes: int = 80, image_size: int = 320, **kwargs):
     return model_from_config("ssdlite_effb0", num_classes=num_classes, image_size=image_size, **kwargs)
 
 
-def deeplabv3plus_mbv2(num_classes: int = 20, **kwargs):
+def deeplabv3plus_mbv2(num_classes: int = 20, image_size: int = 513, **kwargs):
     """DeepLabV3+ on MobileNetV2, output stride 16 (``configs/deeplabv3plus_mbv2_voc.yaml``)."""
-    return model_from_config("deeplabv3plus_mbv2_voc", num_classes=num_classes, **kwargs)
+    return model_from_config("deeplabv3plus_mbv2_voc", num_classes=num_classes, image_size=image_size, **kwargs)
 
 
-def deeplabv3plus_mbv3(num_classes: int = 20, **kwargs):
+def deeplabv3plus_mbv3(num_classes: int = 20, image_size: int = 513, **kwargs):
     """DeepLabV3+ on MobileNetV3-Large (``configs/deeplabv3plus_mbv3_voc.yaml``)."""
-    return model_from_config("deeplabv3plus_mbv3_voc", num_classes=num_classes, **kwargs)
+    return model_from_config("deeplabv3plus_mbv3_voc", num_classes=num_classes, image_size=image_size, **kwargs)
 
 
-def deeplabv3plus_effb0(num_classes: int = 20, **kwargs):
+def deeplabv3plus_effb0(num_classes: int = 20, image_size: int = 513, **kwargs):
     """DeepLabV3+ on EfficientNet-B0 (``configs/deeplabv3plus_effb0_voc.yaml``)."""
-    return model_from_config("deeplabv3plus_effb0_voc", num_classes=num_classes, **kwargs)
+    return model_from_config("deeplabv3plus_effb0_voc", num_classes=num_classes, image_size=image_size, **kwargs)
 
 
 def pose_mbv2(keypoint_names=COCO_KEYPOINTS, **kwargs):

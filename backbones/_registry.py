@@ -177,6 +177,8 @@ class Backbone(Pyramid):
         }
         defaults = {k: p.default for k, p in inspect.signature(Backbone.__init__).parameters.items()}
         common = {k: v for k, v in given.items() if v != defaults[k]}
+        # what rebuilds this backbone (a checkpoint stores it, see tasks._base)
+        self.init_args = {"name": name, **given, "levels": levels and list(levels), "options": dict(options or {})}
         self.name = name
         self.body = build_backbone(name, **common, **(options or {}))
         self.feature_info = self.body.feature_info

@@ -5,6 +5,10 @@ on the deepest level, upsampled and fused with the stride-4 level projected to 4
 by separable 3x3 convolutions and upsampled to the input. The decoder and the final layer are smp's
 ``DeepLabV3PlusDecoder`` and ``SegmentationHead``; an optional auxiliary head (torchvision's
 ``FCNHead``) on a stride-16 level helps training.
+
+Evaluated as DeepLab is: each image keeps its aspect ratio, padded rather than squashed to a square
+(resized so that its longer side is the input size, padded to a square, the logits cropped back and
+resized to the image before the argmax).
 """
 
 from __future__ import annotations
@@ -20,19 +24,24 @@ from torchvision.models.segmentation.fcn import FCNHead
 
 from backbones import Pyramid
 
+from ._input import ImageInput, fit_longer_side, image_size, resize
+
 
 class DeepLabV3Plus(nn.Module):
-    """DeepLabV3+ over a backbone dilated to output stride 16 or 8, on images of any size.
+    """DeepLabV3+ over a backbone dilated to output stride 16 or 8, on uint8 RGB images of any size.
 
-    Inputs are ``(N, 3, H, W)`` images in [0, 1]; the model normalizes them, pads them to a multiple of
-    the output stride (smp's decoder upsamples by fixed factors) and crops the logits back, so the
-    output is ``{"out": (N, num_classes + 1, H, W)}`` (and ``"aux"`` with the auxiliary head). Label 0 is
-    background.
+    Training takes crops ``(N, 3, H, W)`` and returns their logits ``{"out": (N, num_classes + 1, H, W)}``
+    (and ``"aux"`` with the auxiliary head). Evaluation takes images ``(N, 3, H, W)`` of any size,
+    resizes them so that the longer side is ``image_size``, pads them to a square, and returns
+    ``{"labels": (N, H, W)}`` int64 at the input's size: the exported model's interface. Label 0 is
+    background. :meth:`logits` is the network on normalized floats of any size (padded to a multiple
+    of the output stride, as smp's decoder upsamples by fixed factors, and cropped back).
 
     Args:
         backbone: A pyramid with a stride-4 level and its deepest level at stride 16 or 8, e.g.
             ``Backbone("mobilenet_v2", levels=[4, 32], output_stride=16)``.
         num_classes: Object classes, background not counted.
+        image_size: Side of the square that evaluation fits each image into.
         decoder_channels: Width of ASPP and decoder.
         atrous_rates: ASPP rates; (6, 12, 18) at output stride 16 and (12, 24, 36) at 8 by default,
             as in the paper.
@@ -47,6 +56,7 @@ class DeepLabV3Plus(nn.Module):
         self,
         backbone: Pyramid,
         num_classes: int,
+        image_size: int = 513,
         decoder_channels: int = 256,
         atrous_rates: Sequence[int] | None = None,
         separable: bool = True,
@@ -85,18 +95,26 @@ class DeepLabV3Plus(nn.Module):
             self.aux_head = FCNHead(info[aux_level].channels, num_classes + 1)
         self.aux_level = aux_level
         self.num_classes = num_classes
-        self.register_buffer("mean", torch.tensor(image_mean or backbone.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(image_std or backbone.std).view(1, 3, 1, 1), persistent=False)
+        self.image_size = image_size
+        self.input = ImageInput(image_mean or backbone.mean, image_std or backbone.std, "DeepLabV3Plus")
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        height, width = images.shape[-2:]
+        x = self.input(images)
+        if self.training:
+            return self.logits(x)
+        x, inside = fit_longer_side(x, self.image_size)
+        logits = self.logits(x, aux=False)["out"][..., : inside[0], : inside[1]]
+        return {"labels": resize(logits, image_size(images).long()).argmax(1)}
+
+    def logits(self, x: torch.Tensor, aux: bool = True) -> dict[str, torch.Tensor]:
+        """Logits of normalized images of any size, at that size (``aux``: the auxiliary head's too)."""
+        height, width = x.shape[-2:]
         stride = self.output_stride
-        x = (images - self.mean) / self.std
         x = F.pad(x, (0, -width % stride, 0, -height % stride))  # zeros: the mean colour
         features = self.backbone(x)
         decoded = self.decoder([x, x, features[self.low_level], next(reversed(features.values()))])
         out = {"out": self.segmentation_head(decoded)[..., :height, :width]}
-        if self.aux_head is not None:
+        if aux and self.aux_head is not None:
             aux = self.aux_head(features[self.aux_level])
             out["aux"] = F.interpolate(aux, size=x.shape[-2:], mode="bilinear", align_corners=False)[
                 ..., :height, :width

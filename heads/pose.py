@@ -13,6 +13,9 @@ expansion of the log-heatmap at its maximum). Coordinates are continuous pixel c
 integer values are pixel centres (OpenCV's convention); heatmap pixel ``j`` covers input pixels
 ``[j * s, (j + 1) * s)``, so ``x_heatmap = (x + 0.5) / s - 0.5`` and a horizontal flip of the input
 is exactly a flip of the heatmap (no half-pixel shift).
+
+The decoding runs inside the network, so an exported model returns keypoints, not heatmaps: flip
+test, DARK refinement and the map to crop pixels are tensor operations that trace into ONNX.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.transforms.v2.functional import gaussian_blur
 
 from backbones import Pyramid
+
+from ._input import ImageInput
 
 
 def flip_index(names: Sequence[str]) -> list[int]:
@@ -87,6 +91,19 @@ def gaussian_heatmaps(
     return heatmaps * weights[..., None, None], weights
 
 
+def gaussian_blur(heatmaps: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """``(M, 1, H, W)`` maps smoothed as torchvision's ``gaussian_blur`` does (reflect padding, OpenCV's
+    sigma for the size), with a fixed one-channel kernel: torchvision expands its kernel to the
+    channel count read at run time, which the ONNX exporter cannot take."""
+    sigma = 0.3 * ((kernel_size - 1) * 0.5 - 1) + 0.8
+    x = torch.linspace(-(kernel_size - 1) / 2, (kernel_size - 1) / 2, kernel_size, device=heatmaps.device)
+    weights = torch.exp(-0.5 * (x / sigma) ** 2)
+    weights = weights / weights.sum()
+    half = kernel_size // 2
+    padded = F.pad(heatmaps, (half, half, half, half), mode="reflect")
+    return F.conv2d(padded, (weights[:, None] * weights[None])[None, None].to(heatmaps.dtype))
+
+
 def decode_heatmaps(heatmaps: torch.Tensor, blur_kernel: int | None = 11) -> tuple[torch.Tensor, torch.Tensor]:
     """Keypoints from heatmaps: the maximum, refined to sub-pixel accuracy as DARK does.
 
@@ -111,9 +128,7 @@ def decode_heatmaps(heatmaps: torch.Tensor, blur_kernel: int | None = 11) -> tup
     y = torch.div(argmax, width, rounding_mode="floor").long()
     smooth = heatmaps.float()
     if blur_kernel:
-        sigma = 0.3 * ((blur_kernel - 1) * 0.5 - 1) + 0.8
-        smooth = gaussian_blur(smooth.reshape(n * k, 1, height, width), [blur_kernel] * 2, [sigma] * 2)
-        smooth = smooth.reshape(n, k, height, width)
+        smooth = gaussian_blur(smooth.reshape(-1, 1, height, width), blur_kernel).reshape(heatmaps.shape)
         # keep each heatmap's peak height, as DARK does
         smooth = smooth * (scores[..., None, None] / smooth.amax((-2, -1), keepdim=True).clamp_min(1e-12))
         half = blur_kernel // 2
@@ -143,17 +158,22 @@ def decode_heatmaps(heatmaps: torch.Tensor, blur_kernel: int | None = 11) -> tup
 
 
 class SimpleBaseline(nn.Module):
-    """SimpleBaseline heatmap head over a pyramid's deepest level; outputs stride-4 heatmaps.
+    """SimpleBaseline heatmap head over a pyramid's deepest level, with its decoding.
 
-    Inputs are ``(N, 3, H, W)`` crops in [0, 1]; the model normalizes them. The output is
-    ``(N, num_keypoints, H / 4, W / 4)`` (the input must be a multiple of the deepest stride).
+    Inputs are uint8 RGB person crops ``(N, 3, H, W)``, H and W multiples of the backbone's deepest
+    stride. Training returns the stride-4 heatmaps ``(N, K, H / 4, W / 4)``. Evaluation returns
+    ``{"keypoints": (N, K, 3)}``: ``x, y`` in the crop's pixels (pixel centres at integers) and the
+    heatmap peak as score, decoded with DARK and, with ``flip_test``, from heatmaps averaged with the
+    mirrored crop's (left and right swapped): the exported model's interface.
 
     Args:
         backbone: Any pyramid; only its deepest level is used (stride 8, 16 or 32), e.g.
             ``Backbone("mobilenet_v2", levels=[32])``.
-        num_keypoints: Heatmaps to predict.
+        keypoint_names: The keypoints, in heatmap order; ``left_*``/``right_*`` names give the flip pairs.
         deconv_channels: Width of each transposed convolution (SimpleBaseline: 256).
         deconv_kernel: Kernel size of the transposed convolutions (4, 3 or 2).
+        flip_test: Average each crop's heatmaps with its mirror image's when evaluating.
+        blur_kernel: Size of DARK's smoothing kernel when decoding (None: no smoothing).
         image_mean: Input normalization; the backbone's if None.
         image_std: As ``image_mean``.
     """
@@ -163,9 +183,11 @@ class SimpleBaseline(nn.Module):
     def __init__(
         self,
         backbone: Pyramid,
-        num_keypoints: int,
+        keypoint_names: Sequence[str],
         deconv_channels: int = 256,
         deconv_kernel: int = 4,
+        flip_test: bool = True,
+        blur_kernel: int | None = 11,
         image_mean: Sequence[float] | None = None,
         image_std: Sequence[float] | None = None,
     ):
@@ -176,8 +198,11 @@ class SimpleBaseline(nn.Module):
                 f"the pose head upsamples the deepest level to stride 4; {deepest.name} has stride "
                 f"{deepest.stride} (must be a power of two, at least 4)"
             )
-        if num_keypoints < 1:
-            raise ValueError(f"num_keypoints must be at least 1, got {num_keypoints}")
+        if not keypoint_names:
+            raise ValueError("the pose head needs at least one keypoint name")
+        if blur_kernel is not None and (blur_kernel < 3 or blur_kernel % 2 == 0):
+            raise ValueError(f"blur_kernel must be an odd size of at least 3 (or None), got {blur_kernel}")
+        num_keypoints = len(keypoint_names)
         padding, output_padding = {4: (1, 0), 3: (1, 1), 2: (0, 0)}[deconv_kernel]
         layers: list[nn.Module] = []
         channels = deepest.channels
@@ -195,18 +220,35 @@ class SimpleBaseline(nn.Module):
         self.deconv = nn.Sequential(*layers)
         self.final = nn.Conv2d(channels, num_keypoints, 1)
         self.num_keypoints = num_keypoints
-        self.register_buffer("mean", torch.tensor(image_mean or backbone.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(image_std or backbone.std).view(1, 3, 1, 1), persistent=False)
+        self.keypoint_names = list(keypoint_names)
+        self.flip_index = flip_index(self.keypoint_names)
+        self.flip_test = flip_test
+        self.blur_kernel = blur_kernel
+        self.input = ImageInput(image_mean or backbone.mean, image_std or backbone.std, "SimpleBaseline")
         for m in self.deconv.modules():  # SimpleBaseline's initialization
             if isinstance(m, nn.ConvTranspose2d):
                 nn.init.normal_(m.weight, std=0.001)
         nn.init.normal_(self.final.weight, std=0.001)
         nn.init.zeros_(self.final.bias)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        x = self.input(images)
         height, width = images.shape[-2:]
-        if height % self.input_stride or width % self.input_stride:
+        if not torch.jit.is_tracing() and (height % self.input_stride or width % self.input_stride):
             raise ValueError(f"pose input {height}x{width} must be a multiple of the backbone's stride "
                              f"{self.input_stride}")
-        features = self.backbone((images - self.mean) / self.std)
-        return self.final(self.deconv(features[self.level]))
+        if self.training:
+            return self.heatmaps(x)
+        if self.flip_test:  # one batch of the crops and their mirror images
+            heatmaps = self.heatmaps(torch.cat([x, x.flip(-1)]))
+            plain, mirrored = heatmaps.chunk(2)
+            heatmaps = (plain + mirrored.flip(-1)[:, self.flip_index]) / 2
+        else:
+            heatmaps = self.heatmaps(x)
+        coords, scores = decode_heatmaps(heatmaps, self.blur_kernel)
+        xy = from_heatmap(coords, self.stride)
+        return {"keypoints": torch.cat([xy, scores[..., None]], -1)}
+
+    def heatmaps(self, x: torch.Tensor) -> torch.Tensor:
+        """Stride-4 heatmaps of normalized crops."""
+        return self.final(self.deconv(self.backbone(x)[self.level]))

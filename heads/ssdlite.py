@@ -2,8 +2,13 @@
 
 SSDLite (MobileNetV2 paper, section 6.2; MobileNetV3 paper, section 6.3) is SSD with depthwise-separable
 prediction heads and extra layers. Everything but the wiring is torchvision's: ``SSD`` (matching,
-box coding, 3:1 hard-negative mining, batched NMS), ``DefaultBoxGenerator``, ``SSDLiteHead`` and the
-extra blocks. The head sizes itself from the backbone's ``feature_info``.
+box coding, 3:1 hard-negative mining), ``DefaultBoxGenerator``, ``SSDLiteHead`` and the extra blocks.
+The head sizes itself from the backbone's ``feature_info``.
+
+Inference is torchvision's ``SSD.postprocess_detections`` and ``transform.postprocess`` written for a
+whole batch and an ONNX graph: box decoding, the top candidates per class, per-class NMS (ONNX's
+``NonMaxSuppression``, see ``heads._nms``), the best ``detections_per_img`` per image, boxes mapped
+to the input's pixels. Its detections equal torchvision's on the same weights (tested).
 """
 
 from __future__ import annotations
@@ -13,12 +18,18 @@ from collections.abc import Mapping, Sequence
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.ssd import SSD
 from torchvision.models.detection.ssdlite import SSDLiteHead
+from torchvision.ops.boxes import clip_boxes_to_image
 
 from backbones import BackboneWithNeck, Pyramid, SSDLiteExtra
+
+from ._input import ImageInput, check_images, image_size, resize
+from ._nms import batched_nms
 
 _IGNORED = "num_batches_tracked"
 
@@ -28,9 +39,14 @@ class SSDLite(SSD):
 
     Defaults are torchvision's ``ssdlite320_mobilenet_v3_large``: 320x320 input, aspect ratios 2 and 3
     on every level, default-box scales 0.2-0.95, batch norm with eps 0.001 / momentum 0.03, score
-    threshold 0.001, NMS IoU 0.55, 300 detections. Inputs are lists of ``(3, H, W)`` images in [0, 1];
-    training returns ``{"bbox_regression", "classification"}`` losses, evaluation a list of
-    ``{"boxes", "scores", "labels"}`` in input coordinates. Label 0 is background.
+    threshold 0.001, NMS IoU 0.55, 300 detections.
+
+    Inputs are uint8 RGB images: a batch ``(N, 3, H, W)`` or a list of ``(3, H, W)`` of any sizes; the
+    model scales, normalizes and resizes them to ``image_size`` itself. Training (with ``targets``,
+    boxes in the input's pixels) returns ``{"bbox_regression", "classification"}`` losses. Evaluation
+    returns ``boxes`` ``(N, D, 4)`` as ``x1, y1, x2, y2`` in each input's pixels, ``scores`` ``(N, D)``
+    in descending order, ``labels`` ``(N, D)`` (1..num_classes; 0 on padding rows) and
+    ``num_detections`` ``(N,)``, with ``D = detections_per_img``: the exported model's interface.
 
     Args:
         backbone: Any Kestrel pyramid. MobileNetV3 as in the paper: ``levels=[16, 32]`` with
@@ -103,6 +119,59 @@ class SSDLite(SSD):
         )
         self.num_classes = num_classes
         self.image_size = image_size
+        self.input = ImageInput(self.transform.image_mean, self.transform.image_std, "SSDLite")
+
+    def forward(self, images: torch.Tensor | list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None):
+        if self.training:
+            if targets is None:
+                raise ValueError("SSDLite in training mode needs targets ({'boxes', 'labels'} per image)")
+            for image in images:
+                check_images(image[None], "SSDLite")
+            # torchvision's SSD: normalization, default-box matching and the losses
+            return super().forward([image.float() / 255 for image in images], targets)
+        return self.detect(images)
+
+    def detect(self, images: torch.Tensor | list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Detections of uint8 images, padded to ``detections_per_img`` per image (see the class docstring)."""
+        side = self.image_size
+        if isinstance(images, torch.Tensor):
+            sizes = image_size(images)[None].expand(images.shape[0], 2)
+            x = self.input(images)
+            if torch.jit.is_tracing() or tuple(x.shape[-2:]) != (side, side):
+                x = resize(x, (side, side))
+        else:  # torchvision's list of images of any sizes, each resized on its own
+            sizes = torch.stack([image_size(image[None]) for image in images])
+            x = torch.cat([resize(self.input(image[None]), (side, side)) for image in images])
+        features = list(self.backbone(x).values())
+        outputs = self.head(features)
+        anchors = self.anchor_generator(ImageList(x[:1], [(side, side)]), features)[0]
+        return self.postprocess(outputs["bbox_regression"], outputs["cls_logits"], anchors, sizes)
+
+    def postprocess(self, regression: torch.Tensor, logits: torch.Tensor, anchors: torch.Tensor,
+                    sizes: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Decoded, suppressed detections of a batch, boxes scaled from the input size to ``sizes``."""
+        n, count = regression.shape[:2]
+        boxes = self.box_coder.decode_single(regression.reshape(-1, 4), anchors.expand(n, -1, -1).reshape(-1, 4))
+        boxes = clip_boxes_to_image(boxes.reshape(n, count, 4), (self.image_size, self.image_size))
+        scores = F.softmax(logits, dim=-1)[..., 1:].transpose(1, 2)  # (N, classes, boxes), background dropped
+        # torchvision keeps the topk_candidates best boxes of each class above the score threshold
+        candidates = min(self.topk_candidates, count)
+        best, index = scores.topk(candidates, dim=-1)
+        scores = torch.zeros_like(scores).scatter(-1, index, best)
+        selected = batched_nms(boxes, scores, candidates, self.nms_thresh, self.score_thresh)
+        image, label, box = selected[:, 0], selected[:, 1], selected[:, 2]
+        flat = scores.new_full((n, scores.shape[1] * count), -1.0)
+        flat[image, label * count + box] = scores[image, label, box]
+        score, index = flat.topk(min(self.detections_per_img, flat.shape[1]), dim=1)
+        found = score > self.score_thresh
+        boxes = boxes.gather(1, (index % count)[..., None].expand(-1, -1, 4))
+        scale = (sizes.flip(-1) / self.image_size).repeat(1, 2)[:, None]  # (N, 1, 4): w, h, w, h
+        return {
+            "boxes": boxes * scale * found[..., None],
+            "scores": score * found,
+            "labels": torch.where(found, torch.div(index, count, rounding_mode="floor") + 1, 0),
+            "num_detections": found.sum(1),
+        }
 
     def from_torchvision(
         self, state_dict: Mapping[str, torch.Tensor], class_ids: Sequence[int] | None = None

@@ -1,8 +1,12 @@
-"""What every Kestrel task module shares: optimization, ``init_from``, and per-image evaluation results."""
+"""What every Kestrel task module shares: optimization, ``init_from``, self-describing checkpoints, and
+per-image evaluation results from the network or from an exported file."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
+import logging
 import subprocess
 import time
 from importlib.metadata import PackageNotFoundError, version
@@ -12,6 +16,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.cli import OptimizerCallable
+from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
+from pytorch_lightning.utilities.parsing import collect_init_args
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -20,6 +26,31 @@ from backbones._weights import load_weights, read_state_dict
 
 from .metrics import gather_by_index
 from .optim import SchedulerCallable, TrainingLength, param_groups
+from .runtime import ExportedModel, load_exported, run_images
+
+log = logging.getLogger(__name__)
+
+# Lightning rebuilds a task from a checkpoint's hyperparameters with this (jsonargparse, as the CLI does).
+INSTANTIATOR = "pytorch_lightning.cli.instantiate_module"
+
+
+def _import_path(obj: Any) -> str:
+    return f"{obj.__module__}.{obj.__qualname__}"
+
+
+def describe(value: Any) -> Any:
+    """A task argument as the config that rebuilds it: what LightningCLI stores for tasks it builds, for
+    tasks built in Python. A module or callable that cannot be described is returned as it is."""
+    if isinstance(value, Backbone):
+        return {"class_path": _import_path(Backbone), "init_args": dict(value.init_args)}
+    if isinstance(value, functools.partial):
+        # functools.partial(cls, **kw), or jsonargparse's partial(..., instantiator, cls, **kw)
+        target = next((a for a in (value.func, *value.args[::-1]) if inspect.isclass(a)), value.func)
+        if inspect.isclass(target) or inspect.isfunction(target):
+            return {"class_path": _import_path(target), "init_args": dict(value.keywords)}
+    if inspect.isclass(value) or (inspect.isfunction(value) and "<" not in value.__qualname__):
+        return _import_path(value) if inspect.isfunction(value) else {"class_path": _import_path(value)}
+    return value
 
 
 class KestrelTask(pl.LightningModule):
@@ -29,7 +60,14 @@ class KestrelTask(pl.LightningModule):
     stepped every optimizer step and told the training length. ``init_from`` is loaded at setup, so
     a ``--ckpt_path`` restored afterwards wins.
 
-    Evaluation: a subclass's :meth:`collect` stores per-image results of a batch with :meth:`keep`;
+    Checkpoints describe themselves: the task's arguments (the config LightningCLI parsed, or for a
+    task built in Python a description of its modules) are its hyperparameters, so
+    ``Task.load_from_checkpoint(path)`` rebuilds it with no config and no data. A checkpoint never asks
+    for ImageNet weights again (``backbone.pretrained`` is stored false) nor for ``init_from``.
+
+    Evaluation: the network predicts (:meth:`predict_images`: uint8 images in, decoded outputs per
+    image, from ``self.model`` or, after :meth:`use_exported`, from an exported file in its runtime);
+    a subclass's :meth:`collect` stores per-image results of a batch with :meth:`keep`;
     :meth:`gathered` merges them across processes (each image counted once) and :meth:`evaluate`
     turns them into metrics, logged as ``val/*`` and ``test/*`` (``main_metric`` on the progress bar);
     ``test`` then writes the report through :meth:`write_report` and prints where it is.
@@ -42,6 +80,7 @@ class KestrelTask(pl.LightningModule):
     """
 
     main_metric = "map"  # on the progress bar; each task sets its own
+    task = ""  # detect, segment, pose: the name exported files carry
 
     def __init__(
         self,
@@ -51,13 +90,61 @@ class KestrelTask(pl.LightningModule):
         init_from: str | None,
     ):
         super().__init__()
+        self._save_arguments(inspect.currentframe())
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.norm_weight_decay = norm_weight_decay
         self.init_from = init_from
+        self.exported: ExportedModel | None = None
         self._initialized = False
         self._results: dict[int, Any] = {}
         self._started = 0.0
+
+    def _save_arguments(self, frame) -> None:
+        """The task's arguments (the subclass's too) as its hyperparameters: LightningCLI's parsed config
+        when it builds the task, else a description of what was passed in Python."""
+        # LightningCLI hands its config over in this context variable (pytorch_lightning.cli._InstantiatorFn)
+        if _given_hyperparameters.get() is not None:
+            self.save_hyperparameters(frame=frame)
+            return
+        arguments: dict[str, Any] = {}
+        for args in collect_init_args(frame, [], classes=(KestrelTask,)):
+            arguments.update(args)
+        described = {k: describe(v) for k, v in arguments.items()}
+        lost = [k for k, v in described.items() if isinstance(v, nn.Module) or callable(v)]
+        if lost:
+            log.debug("%s: %s cannot be described; load_from_checkpoint will need them", type(self).__name__, lost)
+        kept = {k: v for k, v in described.items() if k not in lost}
+        self.save_hyperparameters({**kept, "_instantiator": INSTANTIATOR}, frame=frame)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint holds every weight: rebuilding it needs neither ImageNet weights nor ``init_from``."""
+        hparams = dict(checkpoint.get("hyper_parameters", {}))
+        backbone = hparams.get("backbone")
+        if isinstance(backbone, dict):
+            backbone = dict(backbone)
+            if isinstance(backbone.get("init_args"), dict):
+                backbone["init_args"] = {**backbone["init_args"], "pretrained": False}
+            elif "name" in backbone:
+                backbone["pretrained"] = False
+            hparams["backbone"] = backbone
+        if "init_from" in hparams:
+            hparams["init_from"] = None
+        checkpoint["hyper_parameters"] = hparams
+
+    def set_classes(self, class_names: list[str], category_ids: list[int] | None) -> None:
+        """Labels 1..K: their names and the data set's category ids (1..K if None)."""
+        if category_ids is not None and len(category_ids) != len(class_names):
+            raise ValueError(f"{len(category_ids)} category ids for {len(class_names)} class names")
+        self.class_names = list(class_names)
+        self.category_ids = list(category_ids or range(1, len(class_names) + 1))
+        self.num_classes = len(self.class_names)
+
+    def metadata(self) -> dict[str, Any]:
+        """What using the network needs besides its weights: task, input size, class names and ids (pose:
+        keypoint names). Exported files carry it (see ``tasks.export``)."""
+        return {"task": self.task, "input_size": [self.image_size, self.image_size], "class_names": self.class_names,
+                "category_ids": self.category_ids}
 
     @staticmethod
     def pyramid(backbone: nn.Module) -> nn.Module:
@@ -94,6 +181,24 @@ class KestrelTask(pl.LightningModule):
         epochs = max(self.trainer.max_epochs or 1, 1)
         scheduler = self.scheduler(optimizer, TrainingLength(steps, max(steps // epochs, 1)))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ----------------------------------------------------------------- prediction
+    def use_exported(self, path: str | Path, threads: int | None = None) -> None:
+        """Evaluate and predict with an exported file in its runtime instead of ``self.model``."""
+        exported = load_exported(path, self.task, threads)
+        mine = {k: v for k, v in self.metadata().items() if k.endswith("_names") or k == "input_size"}
+        theirs = {k: exported.metadata.get(k) for k in mine}
+        if theirs != mine:
+            differ = [k for k in mine if theirs[k] != mine[k]]
+            raise ValueError(f"exported model {str(path)!r} was made for other data: its {', '.join(differ)} "
+                             f"{[theirs[k] for k in differ]} differ from this run's {[mine[k] for k in differ]}")
+        self.exported = exported
+
+    def predict_images(self, images: torch.Tensor | list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Per image, the network's decoded outputs (``self.model``, or the exported file in use)."""
+        if self.exported is not None:
+            return [{k: v.to(self.device) for k, v in r.items()} for r in run_images(self.exported, images)]
+        return run_images(self.model, images)
 
     # per-image results of validate / test / predict
     def keep(self, index: int, result: Any) -> None:
@@ -153,21 +258,27 @@ class KestrelTask(pl.LightningModule):
 
     def run_details(self, task: str, input_size: tuple[int, int], data: str, counts: dict[str, int],
                     seconds: float) -> dict[str, Any]:
-        """What produced a report's numbers: model, size and cost, data, checkpoint, code version, time."""
+        """What produced a report's numbers: model, size and cost, data, weights or exported file and its
+        runtime, code version, time."""
         checkpoint = getattr(self.trainer, "ckpt_path", None) or self.init_from
-        backbone = getattr(self.model, "backbone", None)
-        while not hasattr(backbone, "name") and hasattr(backbone, "body"):  # inside necks and wrappers
-            backbone = backbone.body
+        if self.exported is not None:
+            checkpoint = str(self.exported.path)
+            weights = {"runtime": self.exported.runtime, "model file": checkpoint,
+                       "model file size (MB)": f"{self.exported.path.stat().st_size / 1e6:.2f}",
+                       "exported from": self.exported.metadata.get("checkpoint", "-")}
+        else:
+            weights = {"runtime": f"PyTorch {torch.__version__} (eager)",
+                       "checkpoint": checkpoint or "none (weights as initialized)"}
         return {
             "task": task,
-            "backbone": getattr(backbone, "name", type(backbone).__name__),
+            "backbone": backbone_name(self.model),
             "head": type(self.model).__name__,
             "input size": f"{input_size[0]}x{input_size[1]}",
             "parameters (M)": f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}",
             "GFLOPs (one forward)": f"{self.gflops(input_size):.2f}",
             "data": data,
             **counts,
-            "checkpoint": checkpoint or "none (weights as initialized)",
+            **weights,
             "checkpoint sha256": file_sha256(checkpoint) if checkpoint else "-",
             "Kestrel": kestrel_version(),
             "evaluation wall time (s)": f"{seconds:.1f}",
@@ -175,15 +286,25 @@ class KestrelTask(pl.LightningModule):
 
     @torch.no_grad()
     def gflops(self, input_size: tuple[int, int]) -> float:
-        """GFLOPs of one forward of one image (torch's FLOP counter)."""
+        """GFLOPs of one forward of one image, decoding included (torch's FLOP counter)."""
         counter = FlopCounterMode(display=False)
+        was_training = self.model.training
         with counter:
-            self.model(torch.zeros(1, 3, *input_size, device=self.device))
+            self.model.eval()(torch.zeros(1, 3, *input_size, dtype=torch.uint8, device=self.device))
+        self.model.train(was_training)
         return counter.get_total_flops() / 1e9
 
     def log_dir(self) -> str:
         """The run's log folder; a collective under DDP, so every process must ask."""
         return self.trainer.log_dir
+
+
+def backbone_name(network: nn.Module) -> str:
+    """The registered name of a network's backbone (found inside necks and wrappers), else its class."""
+    backbone = getattr(network, "backbone", None)
+    while not hasattr(backbone, "name") and hasattr(backbone, "body"):
+        backbone = backbone.body
+    return getattr(backbone, "name", type(backbone).__name__)
 
 
 def file_sha256(path: str | Path) -> str:

@@ -3,7 +3,8 @@
 Trains and evaluates an SSDLite detector on any Kestrel backbone, on COCO or VOC folders. ``test``
 writes ``report/metrics.json`` and ``report/report.md`` into the run's log folder (COCO numbers by
 COCOeval on the data set's own ground truth; VOC07/VOC12 mAP@0.5 too on VOC data); ``predict`` writes
-``predictions/detections.json`` in COCO results format with the data set's own ids.
+``predictions/detections.json`` in COCO results format with the data set's own ids; ``export`` writes
+the detector, NMS included, as ONNX or OpenVINO (see ``tasks.export``).
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ class DetectionTask(KestrelTask):
     Args:
         backbone: The feature pyramid: ``{name: ..., ...}`` (a registered backbone, see
             ``backbones.Backbone``) or any ``backbones.Pyramid`` by ``class_path``.
-        num_classes: Object classes (linked from ``data.num_classes``).
+        class_names: Names of labels 1..K (linked from ``data.class_names``).
+        category_ids: The data set's category id of each label (linked from ``data.category_ids``);
+            1..K if None.
         image_size: Side of the square input (linked from ``data.image_size``).
         head: Builds the detector from the backbone, ``num_classes`` and ``image_size``: SSDLite and
             its options.
@@ -60,11 +63,13 @@ class DetectionTask(KestrelTask):
     """
 
     main_metric = "map"
+    task = "detect"
 
     def __init__(
         self,
         backbone: Backbone | nn.Module,
-        num_classes: int,
+        class_names: list[str],
+        category_ids: list[int] | None = None,
         image_size: int = 320,
         head: Callable[[Pyramid, int, int], SSDLite] = SSDLite,
         optimizer: OptimizerCallable = _sgd,
@@ -73,8 +78,9 @@ class DetectionTask(KestrelTask):
         init_from: str | None = None,
     ):
         super().__init__(optimizer, scheduler, norm_weight_decay, init_from)
-        self.model = head(self.pyramid(backbone), num_classes, image_size)
-        self.num_classes = num_classes
+        self.set_classes(class_names, category_ids)
+        self.image_size = image_size
+        self.model = head(self.pyramid(backbone), self.num_classes, image_size)
         self._precision = None  # COCOeval's precision array of the last evaluation, for the report
 
     def convert_init_weights(self, path: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -87,8 +93,8 @@ class DetectionTask(KestrelTask):
         class_ids = None
         if classes != self.num_classes + 1:
             datamodule = getattr(self._trainer, "datamodule", None)
-            ids = getattr(datamodule, "category_ids", None)
-            if not (classes == 91 and getattr(datamodule, "format", None) == "coco" and ids and max(ids) < 91):
+            ids = self.category_ids
+            if not (classes == 91 and getattr(datamodule, "format", None) == "coco" and max(ids) < 91):
                 raise ValueError(
                     f"init_from {path!r}: torchvision's head has {classes} classes with background, this "
                     f"model {self.num_classes} + 1; only torchvision's 91-class COCO layout can be remapped "
@@ -97,13 +103,9 @@ class DetectionTask(KestrelTask):
             class_ids = ids
         return self.model.from_torchvision(state, class_ids)
 
-    @staticmethod
-    def _images(batch_images: torch.Tensor) -> list[torch.Tensor]:
-        return list(batch_images.float().div_(255))
-
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, targets, _ = batch
-        losses = self.model(self._images(images), targets)
+        losses = self.model(images, targets)
         loss = losses["bbox_regression"] + losses["classification"]
         self.log_dict(
             {"train/loss": loss, "train/box": losses["bbox_regression"], "train/cls": losses["classification"]},
@@ -113,14 +115,10 @@ class DetectionTask(KestrelTask):
 
     # ----------------------------------------------------------------- evaluation
     def collect(self, batch) -> list[dict[str, torch.Tensor]]:
-        """Detect, map boxes back to each image's original size, keep them by image index."""
+        """Detect (boxes in each image's own pixels) and keep the detections by image index."""
         images, _, meta = batch
-        size = images.shape[-2:]
-        detections = []
-        for det, info in zip(self.model(self._images(images)), meta):
-            height, width = info["size"]
-            det["boxes"] = det["boxes"] * det["boxes"].new_tensor([width / size[1], height / size[0]] * 2)
-            detections.append(det)
+        detections = self.predict_images(images)
+        for det, info in zip(detections, meta):
             self.keep(info["index"], tuple(det[k].cpu().numpy() for k in ("boxes", "scores", "labels")))
         return detections
 
@@ -145,7 +143,7 @@ class DetectionTask(KestrelTask):
     def write_report(self, log_dir: str, split: DetectionSplit, results: dict[int, tuple], metrics: dict,
                      seconds: float) -> Path:
         voc = split.voc_gt is not None
-        size = self.model.image_size
+        size = self.image_size
         counts = {"images": len(split.records), "objects": sum(len(r.boxes) for r in split.records)}
         run = self.run_details("detection (SSDLite)", (size, size), split.description, counts, seconds)
         notes = [
@@ -206,17 +204,11 @@ class DetectionTask(KestrelTask):
         print(f"Predictions: {folder / 'detections.json'} ({len(entries)} detections on {len(results)} images)")
 
 
-class DetectionCLI(KestrelCLI):
-    """``data.image_size`` is also the detector's input size (``model.image_size``)."""
-
-    def add_arguments_to_parser(self, parser) -> None:
-        super().add_arguments_to_parser(parser)
-        parser.link_arguments("data.image_size", "model.image_size")
-
-
 def cli_main(args: list[str] | None = None) -> KestrelCLI:
     """Run the detection command line (``args`` as on the command line; ``sys.argv`` if None)."""
-    return DetectionCLI(DetectionTask, DetectionData, monitor="val/map", args=args)
+    links = {"data.class_names": "model.class_names", "data.category_ids": "model.category_ids",
+             "data.image_size": "model.image_size"}
+    return KestrelCLI(DetectionTask, DetectionData, monitor="val/map", links=links, args=args)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Models built from Kestrel's configs, outside any training run (``hubconf.py`` serves these).
 
 :func:`model_from_config` reads a task config's ``model`` section, fills what the data would link
-(class count, keypoint names, input size) and returns the task's network (``task.model``), with
-weights from a Kestrel checkpoint or state dict if given.
+(class names, keypoint names, input size) and returns the task's network (``task.model``), with
+weights from a Kestrel checkpoint or state dict if given. The network takes uint8 RGB images.
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ def model_from_config(
         weights: A Kestrel checkpoint (``best.ckpt``) or state dict of the whole network.
         pretrained_backbone: Overrides the config's ``model.backbone.pretrained`` (False: no
             ImageNet weights, nothing downloaded).
-        **model_args: What the data would give the task: ``num_classes`` (detection, segmentation),
-            ``image_size`` (detection), ``keypoint_names`` (pose); any other ``model.*`` key too.
+        **model_args: What the data would give the task: ``class_names`` (detection, segmentation; or
+            ``num_classes`` for placeholder names ``class_1``, ...), ``image_size``, ``keypoint_names``
+            (pose); any other ``model.*`` key too.
     """
     path = Path(config)
     if not path.suffix:
@@ -57,6 +58,9 @@ def model_from_config(
     backbone = section.setdefault("backbone", {})
     if "class_path" not in backbone:  # a backbone by name; a class_path one keeps its own arguments
         backbone["pretrained"] = pretrained_backbone
+    count = model_args.pop("num_classes", None)
+    if count is not None and "class_names" not in model_args:
+        model_args["class_names"] = [f"class_{i}" for i in range(1, count + 1)]
     section.update(model_args)
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(task_class, "model", fail_untyped=False)

@@ -1,11 +1,12 @@
 """Pose: ``python -m tasks.pose {fit,validate,test,predict} --config CONFIG.yaml``.
 
 Top-down keypoint estimation with a SimpleBaseline heatmap head on any Kestrel backbone, on COCO
-keypoint folders: person boxes (ground truth, or detections from ``data.det_file``) are cut out,
-heatmaps predicted (averaged with the flipped crop's), decoded with DARK and mapped back to image
-coordinates. Poses are rescored by box score x mean confident keypoint score and OKS-NMS'd per image,
-as mmpose does. ``test`` writes ``report/metrics.json`` (COCO OKS ``ap``, ``ap_50``, ...);
-``predict`` writes ``predictions/keypoints.json`` in COCO keypoint results format.
+keypoint folders: person boxes (ground truth, or detections from ``data.det_file``) are cut out, the
+network predicts keypoints in crop pixels (heatmaps averaged with the flipped crop's, decoded with
+DARK) and they are mapped back to image coordinates through the crop. Poses are rescored by box
+score x mean confident keypoint score and OKS-NMS'd per image, as mmpose does. ``test`` writes
+``report/metrics.json`` (COCO OKS ``ap``, ``ap_50``, ...); ``predict`` writes
+``predictions/keypoints.json`` in COCO keypoint results format; ``export`` writes the network.
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ from torch import nn
 from torchvision.utils import draw_keypoints
 
 from backbones import Backbone, Pyramid
-from heads.pose import SimpleBaseline, decode_heatmaps, flip_index, from_heatmap, gaussian_heatmaps, to_heatmap
+from heads.pose import SimpleBaseline, gaussian_heatmaps, to_heatmap
 
 from . import plots
 from ._base import KestrelTask
 from .cli import KestrelCLI
 from .data.images import read_image
-from .data.pose import PoseData, PoseSplit, apply_affine
+from .data.pose import PoseData, PoseSplit, apply_affine, resolve_sigmas
 from .metrics.keypoints import coco_keypoint_metrics, keypoint_accuracy, oks_nms
 from .optim import SchedulerCallable, WarmupMultiStepLR
 from .report import write_report
@@ -49,10 +50,13 @@ class PoseTask(KestrelTask):
             levels: [32]}`` or any pyramid by ``class_path``.
         keypoint_names: The keypoints, in heatmap order (linked from ``data.keypoint_names``);
             ``left_*``/``right_*`` names give the flip pairs.
-        head: Builds the model from the backbone and the keypoint count: SimpleBaseline and its options.
+        image_size: The crops' ``[height, width]`` (linked from ``data.image_size``).
+        sigmas: OKS sigmas per keypoint (linked from ``data.sigmas``); COCO's for COCO's keypoints,
+            else 0.05, if None.
+        skeleton: Pairs of 1-based keypoint indices to draw (linked from ``data.skeleton``).
+        head: Builds the model from the backbone and the keypoint names: SimpleBaseline and its options
+            (``flip_test``, ``blur_kernel`` among them).
         sigma: Standard deviation of the target Gaussians, in heatmap pixels (2 at 64x48).
-        flip_test: Average each crop's heatmaps with its mirror image's (left and right swapped).
-        blur_kernel: Size of DARK's smoothing kernel when decoding (None: no smoothing).
         keypoint_score_threshold: Keypoints scoring above this make a pose's score (mmpose: 0.2).
         nms_threshold: OKS above which the weaker of two poses of an image is dropped; None: no NMS.
         optimizer: Builds the optimizer; Adam, lr 5e-4 by default (mmpose's recipe).
@@ -62,15 +66,17 @@ class PoseTask(KestrelTask):
     """
 
     main_metric = "ap"
+    task = "pose"
 
     def __init__(
         self,
         backbone: Backbone | nn.Module,
         keypoint_names: list[str],
-        head: Callable[[Pyramid, int], SimpleBaseline] = SimpleBaseline,
+        image_size: tuple[int, int] = (256, 192),
+        sigmas: list[float] | None = None,
+        skeleton: list[list[int]] | None = None,
+        head: Callable[[Pyramid, list[str]], SimpleBaseline] = SimpleBaseline,
         sigma: float = 2.0,
-        flip_test: bool = True,
-        blur_kernel: int | None = 11,
         keypoint_score_threshold: float = 0.2,
         nms_threshold: float | None = 0.9,
         optimizer: OptimizerCallable = _adam,
@@ -80,17 +86,22 @@ class PoseTask(KestrelTask):
     ):
         super().__init__(optimizer, scheduler, norm_weight_decay, init_from)
         self.keypoint_names = list(keypoint_names)
-        self.flip_pairs = flip_index(self.keypoint_names)
-        self.model = head(self.pyramid(backbone), len(self.keypoint_names))
+        self.image_size = tuple(image_size)
+        self.sigmas = resolve_sigmas(self.keypoint_names, sigmas, "model.sigmas")
+        self.skeleton = skeleton
+        self.model = head(self.pyramid(backbone), self.keypoint_names)
         self.sigma = sigma
-        self.flip_test = flip_test
-        self.blur_kernel = blur_kernel
         self.keypoint_score_threshold = keypoint_score_threshold
         self.nms_threshold = nms_threshold
 
+    def metadata(self) -> dict:
+        return {"task": self.task, "input_size": list(self.image_size), "keypoint_names": self.keypoint_names,
+                "skeleton": self.skeleton, "sigmas": self.sigmas}
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, keypoints, _ = batch
-        heatmaps = self.model(images.float().div_(255))
+        keypoints = torch.stack(keypoints)
+        heatmaps = self.model(images)
         stride = images.shape[-1] / heatmaps.shape[-1]
         targets, weights = gaussian_heatmaps(to_heatmap(keypoints[..., :2], stride), keypoints[..., 2] > 0,
                                              heatmaps.shape[-2:], self.sigma)
@@ -100,22 +111,13 @@ class PoseTask(KestrelTask):
         return loss
 
     # ----------------------------------------------------------------- evaluation
-    def heatmaps(self, images: torch.Tensor) -> torch.Tensor:
-        """Heatmaps of crops in [0, 1]; with ``flip_test`` averaged with the mirrored crops'."""
-        heatmaps = self.model(images)
-        if self.flip_test:
-            flipped = self.model(images.flip(-1)).flip(-1)[:, self.flip_pairs]
-            heatmaps = (heatmaps + flipped) / 2
-        return heatmaps
-
     def collect(self, batch) -> None:
-        """Keypoints in image coordinates and their scores, kept by instance index."""
+        """Keypoints mapped from crop to image coordinates, and their scores, kept by instance index."""
         images, _, meta = batch
-        heatmaps = self.heatmaps(images.float().div_(255))
-        coords, scores = decode_heatmaps(heatmaps, self.blur_kernel)
-        xy = from_heatmap(coords, images.shape[-1] / heatmaps.shape[-1]).cpu().numpy()
-        for points, score, info in zip(xy, scores.cpu().numpy(), meta):
-            self.keep(info["index"], (apply_affine(info["matrix"], points), score, info["score"], info["area"]))
+        for out, info in zip(self.predict_images(images), meta):
+            points = out["keypoints"].cpu().numpy()
+            self.keep(info["index"], (apply_affine(info["matrix"], points[:, :2]), points[:, 2], info["score"],
+                                      info["area"]))
 
     def results(self, split: PoseSplit, kept: dict[int, tuple], sigmas: list[float]) -> list[dict]:
         """COCO keypoint results of the kept poses: rescored, OKS-NMS'd per image, with the data's ids."""
@@ -138,7 +140,7 @@ class PoseTask(KestrelTask):
         return entries
 
     def evaluate(self, split: PoseSplit, kept: dict[int, tuple]) -> dict:
-        sigmas = self.trainer.datamodule.sigmas
+        sigmas = self.sigmas
         if split.coco_gt is None:
             raise ValueError(f"{split.description} has no keypoint annotations to evaluate against")
         metrics = coco_keypoint_metrics(split.coco_gt, self.results(split, kept, sigmas), sigmas, split.category_id)
@@ -148,16 +150,15 @@ class PoseTask(KestrelTask):
 
     def write_report(self, log_dir: str, split: PoseSplit, results: dict[int, tuple], metrics: dict,
                      seconds: float) -> Path:
-        datamodule = self.trainer.datamodule
         counts = {"images": len(split.images), "person boxes": len(split.instances),
                   "keypoints": len(self.keypoint_names)}
-        run = self.run_details("pose (top-down SimpleBaseline heatmaps)", datamodule.image_size, split.description,
+        run = self.run_details("pose (top-down SimpleBaseline heatmaps)", self.image_size, split.description,
                                counts, seconds)
         run["input size"] += " crops of person boxes (padded 1.25x)"
-        run["flip test"] = self.flip_test
+        run["flip test"] = getattr(self.model, "flip_test", "-")
         notes = [
             "COCO OKS numbers are COCOeval's (faster-coco-eval, equal to pycocotools, iouType keypoints) "
-            f"with sigmas {datamodule.sigmas}, predictions mapped back to original image coordinates.",
+            f"with sigmas {self.sigmas}, predictions mapped back to original image coordinates.",
             f"Pose score = box score x mean keypoint score above {self.keypoint_score_threshold}; "
             + (f"OKS NMS at {self.nms_threshold} per image." if self.nms_threshold is not None else "no NMS."),
             "n/a: no ground truth of that size in this split (COCOeval's -1).",
@@ -168,7 +169,7 @@ class PoseTask(KestrelTask):
         if labelled:  # ground-truth boxes: each pose belongs to the ground truth it was cut from
             accuracy = keypoint_accuracy(np.stack([results[i][0] for i in labelled]),
                                          np.stack([split.instances[i].keypoints for i in labelled]),
-                                         np.array([split.instances[i].area for i in labelled]), datamodule.sigmas)
+                                         np.array([split.instances[i].area for i in labelled]), self.sigmas)
             per_keypoint = {name: {"accuracy": a} for name, a in zip(self.keypoint_names, accuracy)}
             figures["per_keypoint_accuracy"] = plots.bars(dict(zip(self.keypoint_names, accuracy)),
                                                           "Keypoints with OKS similarity >= 0.5", "fraction")
@@ -209,7 +210,7 @@ class PoseTask(KestrelTask):
         if not self.trainer.is_global_zero:
             return
         split = self.trainer.datamodule.split("predict")
-        entries = self.results(split, kept, self.trainer.datamodule.sigmas)
+        entries = self.results(split, kept, self.sigmas)
         folder = Path(log_dir) / "predictions"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "keypoints.json").write_text(json.dumps(entries))
@@ -218,8 +219,9 @@ class PoseTask(KestrelTask):
 
 def cli_main(args: list[str] | None = None) -> KestrelCLI:
     """Run the pose command line (``args`` as on the command line; ``sys.argv`` if None)."""
-    return KestrelCLI(PoseTask, PoseData, monitor="val/ap", links={"data.keypoint_names": "model.keypoint_names"},
-                      args=args)
+    links = {"data.keypoint_names": "model.keypoint_names", "data.image_size": "model.image_size",
+             "data.sigmas": "model.sigmas", "data.skeleton": "model.skeleton"}
+    return KestrelCLI(PoseTask, PoseData, monitor="val/ap", links=links, args=args)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """Semantic segmentation: ``python -m tasks.segment {fit,validate,test,predict} --config CONFIG.yaml``.
 
 Trains and evaluates DeepLabV3+ on any Kestrel backbone, on VOC or COCO folders. Evaluation scores
-each image at its own resolution: the image is resized to ``data.image_size`` and the logits resized
-back before the metric. ``test`` writes
-``report/metrics.json`` (``miou``, ``pixel_accuracy``, ``per_class_iou``) and ``report/report.md``;
-``predict`` writes one palette PNG of class indices per image into ``predictions/``.
+each image at its own resolution and aspect ratio: the network fits it into its ``image_size`` square
+(padded, not squashed) and returns labels at the image's size. ``test`` writes ``report/metrics.json``
+(``miou``, ``pixel_accuracy``, ``per_class_iou``) and ``report/report.md``; ``predict`` writes one
+palette PNG of class indices per image into ``predictions/``; ``export`` writes the network.
 """
 
 from __future__ import annotations
@@ -47,8 +47,12 @@ class SegmentationTask(KestrelTask):
     Args:
         backbone: The feature pyramid, dilated to output stride 16 or 8 with a stride-4 level:
             ``{name: mobilenet_v2, levels: [4, 32], output_stride: 16}`` or any pyramid by ``class_path``.
-        num_classes: Object classes without background (linked from ``data.num_classes``).
-        head: Builds the model from the backbone and ``num_classes``: DeepLabV3+ and its options.
+        class_names: Names of labels 1..K, background not included (linked from ``data.class_names``).
+        category_ids: The data set's category id of each label (linked from ``data.category_ids``);
+            1..K if None.
+        image_size: Side of the square evaluation fits images into (linked from ``data.image_size``).
+        head: Builds the model from the backbone, the class count and ``image_size``: DeepLabV3+ and
+            its options.
         optimizer: Builds the optimizer from parameter groups; SGD (momentum 0.9) by default.
         scheduler: Builds the step-wise schedule; the DeepLab papers' "poly" decay by default.
         norm_weight_decay: Weight decay of norm weights and biases (None: the optimizer's).
@@ -58,12 +62,15 @@ class SegmentationTask(KestrelTask):
     """
 
     main_metric = "miou"
+    task = "segment"
 
     def __init__(
         self,
         backbone: Backbone | nn.Module,
-        num_classes: int,
-        head: Callable[[Pyramid, int], DeepLabV3Plus] = DeepLabV3Plus,
+        class_names: list[str],
+        category_ids: list[int] | None = None,
+        image_size: int = 513,
+        head: Callable[[Pyramid, int, int], DeepLabV3Plus] = DeepLabV3Plus,
         optimizer: OptimizerCallable = _sgd,
         scheduler: SchedulerCallable = WarmupPolyLR,
         norm_weight_decay: float | None = 0.0,
@@ -72,8 +79,9 @@ class SegmentationTask(KestrelTask):
         init_from: str | None = None,
     ):
         super().__init__(optimizer, scheduler, norm_weight_decay, init_from)
-        self.model = head(self.pyramid(backbone), num_classes)
-        self.num_classes = num_classes
+        self.set_classes(class_names, category_ids)
+        self.image_size = image_size
+        self.model = head(self.pyramid(backbone), self.num_classes, image_size)
         self.aux_weight = aux_weight
         self.dice_weight = dice_weight
         self.dice = DiceLoss("multiclass", ignore_index=VOID) if dice_weight else None
@@ -82,7 +90,7 @@ class SegmentationTask(KestrelTask):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, masks, _ = batch
         target = torch.stack(masks)
-        out = self.model(images.float().div_(255))
+        out = self.model(images)
         losses = {"ce": F.cross_entropy(out["out"], target, ignore_index=VOID)}
         if "aux" in out:
             losses["aux"] = self.aux_weight * F.cross_entropy(out["aux"], target, ignore_index=VOID)
@@ -94,20 +102,15 @@ class SegmentationTask(KestrelTask):
         return loss
 
     # ----------------------------------------------------------------- evaluation
-    def _labels(self, batch) -> list[torch.Tensor]:
+    def _labels(self, images) -> list[torch.Tensor]:
         """Per image, the predicted labels at its own resolution."""
-        images, _, meta = batch
-        logits = self.model(images.float().div_(255))["out"]
-        return [
-            F.interpolate(logit[None], size=info["size"], mode="bilinear", align_corners=False)[0].argmax(0)
-            for logit, info in zip(logits, meta)
-        ]
+        return [out["labels"] for out in self.predict_images(images)]
 
     def collect(self, batch) -> None:
         """Per image its confusion matrix, and for the first few images (the report's samples) the labels."""
-        _, masks, meta = batch
+        images, masks, meta = batch
         labels = self.num_classes + 1
-        for prediction, mask, info in zip(self._labels(batch), masks, meta):
+        for prediction, mask, info in zip(self._labels(images), masks, meta):
             sample = prediction.to(torch.uint8).cpu() if info["index"] < SAMPLES else None
             self.keep(info["index"], (confusion_matrix(prediction, mask, labels).cpu().numpy(), sample))
 
@@ -118,10 +121,10 @@ class SegmentationTask(KestrelTask):
 
     def write_report(self, log_dir: str, split: SegmentationSplit, results: dict[int, tuple], metrics: dict,
                      seconds: float) -> Path:
-        size = self.trainer.datamodule.image_size
+        size = self.image_size
         run = self.run_details(f"semantic segmentation (DeepLabV3+, output stride {self.model.output_stride})",
                                (size, size), split.description, {"images": len(split.records)}, seconds)
-        run["input size"] += ", logits resized to each image's own size"
+        run["input size"] += ": each image fitted into it (aspect ratio kept, padded), labels at its own size"
         notes = [
             "IoU = TP / (TP + FP + FN) over every pixel of the split; void pixels (255) are ignored.",
             "n/a: a class absent from both ground truth and predictions has no IoU and is left out of the mean.",
@@ -163,7 +166,7 @@ class SegmentationTask(KestrelTask):
     def predict_step(self, batch, batch_idx: int) -> None:
         """Write each image's labels, at its own size, as ``predictions/<image>.png`` (nothing is kept in
         memory: a data set's full-resolution label maps would not fit)."""
-        labels = self._labels(batch)
+        labels = self._labels(batch[0])
         records = self.trainer.datamodule.split("predict").records
         for prediction, info in zip(labels, batch[2]):
             png = Image.fromarray(prediction.to(torch.uint8).cpu().numpy(), mode="P")
@@ -179,7 +182,9 @@ class SegmentationTask(KestrelTask):
 
 def cli_main(args: list[str] | None = None) -> KestrelCLI:
     """Run the segmentation command line (``args`` as on the command line; ``sys.argv`` if None)."""
-    return KestrelCLI(SegmentationTask, SegmentationData, monitor="val/miou", args=args)
+    links = {"data.class_names": "model.class_names", "data.category_ids": "model.category_ids",
+             "data.image_size": "model.image_size"}
+    return KestrelCLI(SegmentationTask, SegmentationData, monitor="val/miou", links=links, args=args)
 
 
 if __name__ == "__main__":

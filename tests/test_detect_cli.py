@@ -4,11 +4,16 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
-from cli_runs import check_report, demo_args, latest_version
+from cli_runs import check_report, demo_args, latest_version, read_metrics, threads
+from PIL import Image
 
 from tasks.data.synthetic import CATEGORIES, VOC_SYNTHETIC_CLASSES, generate
-from tasks.detect import cli_main
+from tasks.detect import DetectionTask, cli_main
+from tasks.export import agreement, faithful, write_onnx_metadata
+from tasks.predictor import Detector
+from tasks.runtime import read_metadata
 
 CONFIG = str(Path(__file__).parents[1] / "configs" / "demo" / "ssdlite_mbv3_shapes.yaml")
 
@@ -109,7 +114,8 @@ def test_ddp_metrics_equal_a_single_process(data, trained, tmp_path, devices):
     """Two gloo processes on the CPU (5 validation images: the sampler pads one) report the same numbers."""
     ckpt = str(latest_version(trained).parent / "version_0" / "checkpoints" / "best.ckpt")
     single, double = tmp_path / "single", tmp_path / "double"
-    cli_main(["test", *small(data / "coco", single, "--model.init_from", ckpt)])
+    with threads(1):  # as each DDP process
+        cli_main(["test", *small(data / "coco", single, "--model.init_from", ckpt)])
     cli_main(["test", *small(data / "coco", double, "--model.init_from", ckpt, "--data.batch_size", "2",
                              "--trainer.strategy", "ddp_spawn", "--trainer.devices", str(devices))])
     one = json.loads((latest_version(single) / "report" / "metrics.json").read_text())
@@ -120,3 +126,92 @@ def test_ddp_metrics_equal_a_single_process(data, trained, tmp_path, devices):
             assert two[key] == pytest.approx(one[key], abs=1e-6), key
     for name, values in one["per_class"].items():
         assert two["per_class"][name] == pytest.approx(values, abs=1e-6), name
+
+
+# ----------------------------------------------------------------------------- shipping
+@pytest.fixture(scope="module")
+def checkpoint_metrics(data, trained):
+    """The best checkpoint's test numbers, in a run folder of their own."""
+    run_dir = trained.parent / "checkpoint_test"
+    cli_main(["test", *small(data / "coco", run_dir, "--model.init_from", best_checkpoint(trained))])
+    return read_metrics(run_dir)
+
+
+def best_checkpoint(trained) -> str:
+    return str(trained / "lightning_logs" / "version_0" / "checkpoints" / "best.ckpt")
+
+
+def export(data, trained, capsys, *extra) -> Path:
+    """``export`` through the command line; the path it printed on its last line."""
+    capsys.readouterr()
+    cli_main(["export", *small(data / "coco", trained, "--ckpt_path", "best", *extra)])
+    path = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert path.is_file()
+    return path
+
+
+@pytest.mark.parametrize("fmt,suffix", [("onnx", "model.onnx"), ("openvino", "model.xml")])
+def test_the_export_scores_what_the_checkpoint_scores(data, trained, checkpoint_metrics, capsys, tmp_path, fmt,
+                                                     suffix):
+    path = export(data, trained, capsys, "--format", fmt)
+    assert path == trained / "lightning_logs" / "version_0" / "export" / suffix  # the checkpoint's run
+    metadata = read_metadata(path)
+    assert metadata["task"] == "detect" and metadata["input_size"] == [128, 128]
+    assert metadata["class_names"] == ["person", "circle", "square", "triangle"]
+    assert metadata["category_ids"] == sorted(CATEGORIES) and metadata["precision"] == "fp32"
+    run_dir = tmp_path / "exported"
+    cli_main(["test", *small(data / "coco", run_dir, "--ckpt_path", str(path))])
+    metrics = read_metrics(run_dir)
+    for key in ("map", "map_50", "map_75", "mar_100"):
+        assert metrics[key] == pytest.approx(checkpoint_metrics[key], abs=0.002), key
+    report = (latest_version(run_dir) / "report" / "report.md").read_text()
+    runtime = "onnxruntime" if fmt == "onnx" else "openvino"
+    assert f"| runtime | {runtime} " in report and f"| model file | {path} |" in report
+
+
+def test_int8_is_smaller_and_close(data, trained, checkpoint_metrics, capsys, tmp_path):
+    fp32 = export(data, trained, capsys)
+    int8 = export(data, trained, capsys, "--int8", "true")
+    assert int8.name == "model_int8.onnx" and int8.stat().st_size <= 0.4 * fp32.stat().st_size
+    metadata = read_metadata(int8)
+    assert metadata["precision"] == "int8" and metadata["int8"]["calibration_images"] == 12  # the training split
+    cli_main(["test", *small(data / "coco", tmp_path, "--ckpt_path", str(int8))])
+    assert read_metrics(tmp_path)["map_50"] == pytest.approx(checkpoint_metrics["map_50"], abs=0.05)
+
+
+def test_a_checkpoint_alone_rebuilds_the_detector_and_so_does_its_export(data, trained, capsys, tmp_path):
+    """No config and no data folder: the checkpoint describes itself; its ONNX file predicts the same."""
+    onnx_path = export(data, trained, capsys)
+    alone = tmp_path / "alone.ckpt"
+    alone.write_bytes(Path(best_checkpoint(trained)).read_bytes())
+    images = sorted((data / "coco" / "val2017").iterdir())[:3]
+    arrays = [np.asarray(Image.open(p).convert("RGB")) for p in images]
+    hidden = data.with_name(data.name + "_hidden")
+    data.rename(hidden)  # out of reach while loading
+    try:
+        task = DetectionTask.load_from_checkpoint(alone)
+        assert task.class_names == ["person", "circle", "square", "triangle"] and task.image_size == 128
+        detector = Detector.from_checkpoint(alone)
+        from_file = Detector.from_checkpoint(onnx_path)
+        results, file_results = detector(arrays), from_file(arrays)
+    finally:
+        hidden.rename(data)
+    for image, got in zip(arrays, results):
+        assert set(got) == {"boxes", "scores", "labels", "names"}
+        assert got["names"] == [detector.class_names[label - 1] for label in got["labels"].tolist()]
+        height, width = image.shape[:2]  # boxes in each image's own pixels
+        assert len(got["boxes"]) and got["boxes"][:, 2].max() <= width and got["boxes"][:, 3].max() <= height
+    assert faithful("detect", agreement("detect", results, file_results, box_tolerance=1e-2))
+    assert [len(r["boxes"]) for r in detector(arrays, score_threshold=0.5)] == [
+        int((r["scores"] >= 0.5).sum()) for r in results]
+
+
+def test_exporting_an_exported_file_or_testing_a_foreign_one_is_refused(data, trained, capsys, tmp_path):
+    path = export(data, trained, capsys)
+    with pytest.raises(ValueError, match="is already exported"):
+        cli_main(["export", *small(data / "coco", trained, "--ckpt_path", str(path))])
+    other = tmp_path / "other_classes.onnx"
+    metadata = read_metadata(path)
+    write_onnx_metadata(path.rename(other), {**metadata, "class_names": ["a", "b", "c", "d"]})
+    with pytest.raises(ValueError, match="was made for other data: its class_names"):
+        cli_main(["test", *small(data / "coco", tmp_path / "run", "--ckpt_path", str(other))])

@@ -56,10 +56,12 @@ def test_coco_quirks(coco_root, caplog):
     assert len(by_id[9].boxes) == 0
     assert "dropped 1 degenerate box" in caplog.text
     assert split.coco_gt["annotations"][1]["iscrowd"] == 1  # evaluation still sees the crowd region
-    dataset = DetectionDataset(split.records, detection_transform("none", 32, train=False))
-    image, target, meta = dataset[0]  # the grayscale PNG
-    assert image.shape == (3, 32, 32) and image.dtype == torch.uint8
-    assert meta == {"index": 0, "size": (60, 80)}
+    image, target, meta = DetectionDataset(split.records, None)[0]  # the grayscale PNG, as it is: the model resizes
+    assert image.shape == (3, 60, 80) and image.dtype == torch.uint8 and meta == {"index": 0}
+    assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])
+    torch.testing.assert_close(target["boxes"], torch.tensor([[70.0, 50.0, 80.0, 60.0]]))
+    image, target, _ = DetectionDataset(split.records, detection_transform("none", 32))[0]  # training: resized
+    assert image.shape == (3, 32, 32)
     torch.testing.assert_close(target["boxes"], torch.tensor([[28.0, 26.6667, 32.0, 32.0]]), atol=1e-3, rtol=0)
 
 
@@ -133,7 +135,7 @@ def test_missing_image_is_reported_before_training(coco_root):
 def test_corrupt_image_names_the_file(coco_root):
     (coco_root / "train2017" / "a.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     split = coco_detection_split(coco_root, "train2017")
-    dataset = DetectionDataset(split.records, detection_transform("none", 32, train=False))
+    dataset = DetectionDataset(split.records, None)
     with pytest.raises(ValueError, match=r"a.jpg' cannot be decoded"):
         dataset[1]
 
@@ -141,7 +143,7 @@ def test_corrupt_image_names_the_file(coco_root):
 def test_image_size_disagreeing_with_annotation(coco_root):
     write_image(coco_root / "train2017" / "c.jpg", 61, 80)
     split = coco_detection_split(coco_root, "train2017")
-    dataset = DetectionDataset(split.records, detection_transform("none", 32, train=False))
+    dataset = DetectionDataset(split.records, None)
     with pytest.raises(ValueError, match=r"c.jpg' is 80x61 but its annotation says 80x60"):
         dataset[2]
 
@@ -164,7 +166,7 @@ def test_boxes_surround_the_drawn_object_after_every_preset(preset):
     image[50:120, 100:180] = (255, 0, 0)
     mask = np.zeros((200, 300), np.uint8)
     mask[50:120, 100:180] = 1
-    transform = detection_transform(preset, 160, train=True)
+    transform = detection_transform(preset, 160)
     kept = 0
     for seed in range(60):
         torch.manual_seed(seed)
@@ -189,4 +191,4 @@ def test_boxes_surround_the_drawn_object_after_every_preset(preset):
 
 def test_unknown_preset():
     with pytest.raises(ValueError, match="unknown augmentation preset 'mosaic'"):
-        detection_transform("mosaic", 320, True)
+        detection_transform("mosaic", 320)

@@ -169,22 +169,60 @@ def test_oks_nms_drops_near_duplicates_and_keeps_the_best():
     assert oks_nms(poses, np.array([0.5, 0.9, 0.7]), np.full(3, 100.0**2), COCO_SIGMAS, threshold=1.0) == [1, 2, 0]
 
 
+FIVE = ["nose", "left_eye", "right_eye", "left_ear", "right_ear"]
+
+
+def crops(n: int, height: int, width: int) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 3, height, width), dtype=torch.uint8)
+
+
 @pytest.mark.parametrize("name", list_backbones() + ["timm:mobilenetv4_conv_small"])
 def test_head_on_every_backbone(name):
-    model = SimpleBaseline(build_backbone(name, levels=(32,)), num_keypoints=5).eval()
+    model = SimpleBaseline(build_backbone(name, levels=(32,)), FIVE)
+    heatmaps = model.train()(crops(2, 128, 96))
+    assert heatmaps.shape == (2, 5, 32, 24)
+    heatmaps.mean().backward()
     with torch.no_grad():
-        out = model(torch.rand(1, 3, 128, 96))
-    assert out.shape == (1, 5, 32, 24)
+        keypoints = model.eval()(crops(1, 128, 96))["keypoints"]
+    assert keypoints.shape == (1, 5, 3) and keypoints[..., 0].max() < 96 and keypoints[..., 1].max() < 128
+
+
+def test_the_network_decodes_its_heatmaps_to_crop_pixels():
+    """Evaluation returns the DARK-decoded points of its heatmaps, in crop pixels, to 0.1 px."""
+    model = SimpleBaseline(build_backbone("mobilenet_v3_small", levels=(32,)), FIVE, flip_test=False).eval()
+    points = torch.tensor([[30.2, 40.7], [50.9, 61.3], [47.5, 60.1], [70.4, 100.8], [20.0, 88.2]])
+    target, _ = gaussian_heatmaps(to_heatmap(points, 4), torch.ones(5), (32, 24))
+    model.heatmaps = lambda x: target[None].expand(len(x), -1, -1, -1)
+    with torch.no_grad():
+        keypoints = model(crops(2, 128, 96))["keypoints"]
+    assert (keypoints[..., :2] - points).abs().max() < 0.1
+    assert torch.allclose(keypoints[..., 2], target.amax((-2, -1)).expand(2, -1))
+
+
+def test_flip_test_averages_with_the_mirrored_crop_left_and_right_swapped():
+    model = SimpleBaseline(build_backbone("mobilenet_v3_small", levels=(32,)), FIVE).eval()
+    images = crops(3, 128, 96)
+    with torch.no_grad():
+        x = model.input(images)
+        plain, mirrored = model.heatmaps(x), model.heatmaps(x.flip(-1)).flip(-1)[:, [0, 2, 1, 4, 3]]
+        coords, scores = decode_heatmaps((plain + mirrored) / 2)
+        keypoints = model(images)["keypoints"]
+    torch.testing.assert_close(keypoints[..., :2], from_heatmap(coords, 4))
+    torch.testing.assert_close(keypoints[..., 2], scores)
 
 
 def test_head_on_a_dilated_backbone_and_its_errors():
-    model = SimpleBaseline(build_backbone("mobilenet_v2", levels=(16,), output_stride=16), 3, deconv_kernel=3)
+    model = SimpleBaseline(build_backbone("mobilenet_v2", levels=(16,), output_stride=16), FIVE[:3], deconv_kernel=3)
     assert len([m for m in model.deconv if isinstance(m, torch.nn.ConvTranspose2d)]) == 2
-    assert model(torch.rand(2, 3, 64, 48)).shape == (2, 3, 16, 12)
+    assert model.train()(crops(2, 64, 48)).shape == (2, 3, 16, 12)
     with pytest.raises(ValueError, match="must be a multiple of the backbone's stride 16"):
-        model(torch.rand(2, 3, 60, 48))
+        model(crops(2, 60, 48))
+    with pytest.raises(TypeError, match="takes uint8 RGB images"):
+        model(torch.rand(2, 3, 64, 48))
     with pytest.raises(ValueError, match="stride 2 .*at least 4"):
-        SimpleBaseline(build_backbone("mobilenet_v2", levels=(2,)), 3)
+        SimpleBaseline(build_backbone("mobilenet_v2", levels=(2,)), FIVE[:3])
+    with pytest.raises(ValueError, match="'left_eye' has no mirror"):
+        SimpleBaseline(build_backbone("mobilenet_v2", levels=(32,)), ["nose", "left_eye"])
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -2,12 +2,16 @@
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
-from cli_runs import check_report, demo_args, latest_version, read_metrics
+from cli_runs import check_report, demo_args, latest_version, read_metrics, threads
 
+from tasks.data.pose import COCO_SIGMAS
 from tasks.data.synthetic import generate
-from tasks.pose import cli_main
+from tasks.pose import PoseTask, cli_main
+from tasks.predictor import PoseEstimator
+from tasks.runtime import read_metadata
 
 
 def small(root, run_dir, *extra):
@@ -87,7 +91,38 @@ def test_predict_on_a_folder_of_images(data, checkpoint, tmp_path):
 def test_ddp_metrics_equal_a_single_process(data, checkpoint, tmp_path):
     """Two gloo processes (the sampler pads the odd crop) give the single-process numbers."""
     single, double = tmp_path / "single", tmp_path / "double"
-    cli_main(["test", *small(data, single, "--model.init_from", checkpoint)])
+    with threads(1):  # as each DDP process
+        cli_main(["test", *small(data, single, "--model.init_from", checkpoint)])
     cli_main(["test", *small(data, double, "--model.init_from", checkpoint, "--data.batch_size", "3",
                              "--trainer.strategy", "ddp_spawn", "--trainer.devices", "2")])
     assert read_metrics(single) == pytest.approx(read_metrics(double), abs=1e-12)
+
+
+# ----------------------------------------------------------------------------- shipping
+def test_the_export_scores_what_the_checkpoint_scores(data, checkpoint, trained, capsys, tmp_path):
+    """ONNX (float and INT8) through test; the checkpoint alone and its export estimate the same keypoints."""
+    cli_main(["test", *small(data, tmp_path / "ckpt", "--model.init_from", checkpoint)])
+    expected = read_metrics(tmp_path / "ckpt")
+    paths = {}
+    for name, extra in (("fp32", []), ("int8", ["--int8", "true"])):
+        capsys.readouterr()
+        cli_main(["export", *small(data, trained, "--ckpt_path", checkpoint, *extra)])
+        paths[name] = Path(capsys.readouterr().out.strip().splitlines()[-1])
+        cli_main(["test", *small(data, tmp_path / name, "--ckpt_path", str(paths[name]))])
+        got = read_metrics(tmp_path / name)
+        assert got["ap"] == pytest.approx(expected["ap"], abs=0.002 if name == "fp32" else 0.1), name
+    metadata = read_metadata(paths["fp32"])
+    assert metadata["task"] == "pose" and metadata["input_size"] == [64, 64] and len(metadata["keypoint_names"]) == 17
+    assert paths["int8"].stat().st_size <= 0.4 * paths["fp32"].stat().st_size
+    task = PoseTask.load_from_checkpoint(checkpoint)
+    assert task.image_size == (64, 64) and task.sigmas == list(COCO_SIGMAS) and task.skeleton
+    gt = json.loads((data / "annotations" / "person_keypoints_val2017.json").read_text())
+    people = [a for a in gt["annotations"] if not a["iscrowd"]][:3]
+    files = {im["id"]: data / "val2017" / im["file_name"] for im in gt["images"]}
+    images = [files[a["image_id"]] for a in people]
+    boxes = [[[x, y, x + w, y + h]] for x, y, w, h in (a["bbox"] for a in people)]
+    estimator, from_file = PoseEstimator.from_checkpoint(checkpoint), PoseEstimator.from_checkpoint(paths["fp32"])
+    got, file_got = estimator(images, boxes), from_file(images, boxes)
+    for a, b in zip(got, file_got):
+        assert a["keypoints"].shape == (1, 17, 3) and a["names"] == metadata["keypoint_names"]
+        assert (a["keypoints"] - b["keypoints"]).abs().max() < 0.1

@@ -2,14 +2,18 @@
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_runs import check_report, demo_args, latest_version
+from cli_runs import check_report, demo_args, latest_version, threads
 from PIL import Image
 
 from tasks.data.synthetic import VOC_SYNTHETIC_CLASSES, generate
-from tasks.segment import cli_main
+from tasks.export import agreement
+from tasks.predictor import Segmenter
+from tasks.runtime import read_metadata
+from tasks.segment import SegmentationTask, cli_main
 
 
 def small(root, run_dir, *extra):
@@ -74,7 +78,8 @@ def test_ddp_metrics_equal_a_single_process(data, trained, tmp_path):
     """Two gloo processes (5 validation images: the sampler pads one) give the single-process numbers."""
     ckpt = str(latest_version(trained).parent / "version_0" / "checkpoints" / "best.ckpt")
     single, double = tmp_path / "single", tmp_path / "double"
-    cli_main(["test", *small(data / "voc", single, "--model.init_from", ckpt)])
+    with threads(1):  # as each DDP process
+        cli_main(["test", *small(data / "voc", single, "--model.init_from", ckpt)])
     cli_main(["test", *small(data / "voc", double, "--model.init_from", ckpt, "--data.batch_size", "2",
                              "--trainer.strategy", "ddp_spawn", "--trainer.devices", "2")])
     one = json.loads((latest_version(single) / "report" / "metrics.json").read_text())
@@ -82,3 +87,33 @@ def test_ddp_metrics_equal_a_single_process(data, trained, tmp_path):
     assert one["miou"] == pytest.approx(two["miou"], abs=1e-9)
     assert one["pixel_accuracy"] == pytest.approx(two["pixel_accuracy"], abs=1e-9)
     assert one["per_class_iou"] == two["per_class_iou"]
+
+
+# ----------------------------------------------------------------------------- shipping
+def test_the_export_labels_what_the_checkpoint_labels(data, trained, capsys, tmp_path):
+    """ONNX and OpenVINO exports score the checkpoint's mIoU; the checkpoint alone and its export predict
+    the same label maps; INT8 is smaller."""
+    best = latest_version(trained).parent / "version_0" / "checkpoints" / "best.ckpt"
+    cli_main(["test", *small(data / "voc", tmp_path / "ckpt", "--model.init_from", str(best))])
+    expected = json.loads((latest_version(tmp_path / "ckpt") / "report" / "metrics.json").read_text())
+    paths = {}
+    for fmt, extra in (("onnx", []), ("openvino", ["--format", "openvino"]), ("int8", ["--int8", "true"])):
+        capsys.readouterr()
+        cli_main(["export", *small(data / "voc", trained, "--ckpt_path", str(best), *extra)])
+        paths[fmt] = Path(capsys.readouterr().out.strip().splitlines()[-1])
+        cli_main(["test", *small(data / "voc", tmp_path / fmt, "--ckpt_path", str(paths[fmt]))])
+        got = json.loads((latest_version(tmp_path / fmt) / "report" / "metrics.json").read_text())
+        tolerance = 0.05 if fmt == "int8" else 0.002
+        assert got["miou"] == pytest.approx(expected["miou"], abs=tolerance), fmt
+    assert paths["int8"].stat().st_size <= 0.4 * paths["onnx"].stat().st_size
+    assert read_metadata(paths["openvino"])["class_names"] == VOC_SYNTHETIC_CLASSES
+    images = [data / "voc" / "JPEGImages" / f"{stem}.jpg"
+              for stem in (data / "voc" / "ImageSets" / "Segmentation" / "val.txt").read_text().split()[:2]]
+    task = SegmentationTask.load_from_checkpoint(best)
+    assert task.class_names == VOC_SYNTHETIC_CLASSES and task.image_size == 96
+    from_checkpoint, from_file = Segmenter.from_checkpoint(best), Segmenter.from_checkpoint(paths["onnx"])
+    labels, file_labels = from_checkpoint(images), from_file(images)
+    for path, out in zip(images, labels):
+        with Image.open(path) as im:
+            assert out["labels"].shape == (im.height, im.width)
+    assert agreement("segment", labels, file_labels)["pixel_agreement"] >= 0.999

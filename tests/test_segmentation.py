@@ -34,25 +34,57 @@ def test_same_logits_as_smp_on_the_same_weights(output_stride):
             reference(torch.randn(4, 3, 96, 96))
     reference.eval()
     model = DeepLabV3Plus(Backbone("mobilenet_v2", levels=[4, 32], output_stride=output_stride), num_classes=5,
-                          image_mean=[0, 0, 0], image_std=[1, 1, 1]).eval()
+                          image_size=224, image_mean=[0, 0, 0], image_std=[1, 1, 1]).eval()
     state = {("backbone.body." + k.removeprefix("encoder.")) if k.startswith("encoder.") else k: v
              for k, v in reference.state_dict().items()}
     model.load_state_dict(state, strict=True)
-    x = torch.rand(2, 3, 160, 224)
+    x = torch.randint(0, 256, (2, 3, 160, 224), dtype=torch.uint8)
     with torch.no_grad():
-        expected, got = reference(x), model(x)["out"]
+        expected = reference(x.float() / 255)
+        got = model.logits(model.input(x))["out"]
+        labels = model(x)["labels"]  # the longer side is the input size already: smp's logits, argmax
     assert expected.std() > 1e-3
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert labels.dtype == torch.int64 and (labels == expected.argmax(1)).float().mean() > 0.999
+
+
+def test_evaluation_keeps_the_aspect_ratio():
+    """A 100x200 image is scaled to 64x128 and padded to 128x128, not squashed to 128x128: its labels
+    equal the logits of the scaled image alone (the padding only adds mean-colour pixels below)."""
+    torch.manual_seed(0)
+    model = DeepLabV3Plus(Backbone("mobilenet_v2", levels=[4, 32], output_stride=16), num_classes=3,
+                          image_size=128, aspp_dropout=0.0)
+    with torch.no_grad():
+        for _ in range(3):  # batch-norm statistics that are not the identity
+            model.train()(torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8))
+    model.eval()
+    image = torch.randint(0, 256, (1, 3, 100, 200), dtype=torch.uint8)
+    with torch.no_grad():
+        labels = model(image)["labels"]
+        x = model.input(image)
+        scaled = torch.nn.functional.interpolate(x, size=(64, 128), mode="bilinear", align_corners=False)
+        padded = torch.nn.functional.pad(scaled, (0, 0, 0, 64))
+        logits = model.logits(padded)["out"][..., :64, :]
+        expected = torch.nn.functional.interpolate(logits, size=(100, 200), mode="bilinear").argmax(1)
+        squashed = torch.nn.functional.interpolate(model.logits(torch.nn.functional.interpolate(
+            x, size=(128, 128), mode="bilinear"))["out"], size=(100, 200), mode="bilinear").argmax(1)
+    assert labels.shape == (1, 100, 200)
+    assert torch.equal(labels, expected)
+    assert not torch.equal(labels, squashed)
 
 
 @pytest.mark.parametrize("output_stride", [16, 8])
 @pytest.mark.parametrize("name", list_backbones() + ["timm:mobilenetv4_conv_small"])
 def test_head_on_every_backbone(name, output_stride):
     backbone = build_backbone(name, levels=(4, 16, 32), output_stride=output_stride)
-    model = DeepLabV3Plus(backbone, num_classes=3, aux_level="C4").eval()
+    model = DeepLabV3Plus(backbone, num_classes=3, image_size=96, aux_level="C4")
+    images = torch.randint(0, 256, (2, 3, 97, 129), dtype=torch.uint8)
+    out = model.train()(images)
+    assert out["out"].shape == (2, 4, 97, 129) and out["aux"].shape == (2, 4, 97, 129)
+    (out["out"].mean() + out["aux"].mean()).backward()
     with torch.no_grad():
-        out = model(torch.rand(1, 3, 97, 129))
-    assert out["out"].shape == (1, 4, 97, 129) and out["aux"].shape == (1, 4, 97, 129)
+        labels = model.eval()(images[:1])["labels"]
+    assert labels.shape == (1, 97, 129) and labels.dtype == torch.int64 and 0 <= labels.min() <= labels.max() <= 3
 
 
 def test_head_errors():
@@ -119,16 +151,16 @@ def voc_root(tmp_path):
 def test_voc_palette_masks_read_as_indices(voc_root):
     data = SegmentationData(str(voc_root), classes=["cat", "dog"], image_size=32, num_workers=0)
     split = data.split("val")
-    image, mask, meta = SegmentationDataset(split, segmentation_transform(32, train=False), train=False)[0]
-    assert image.shape == (3, 32, 32)
-    assert mask.shape == (40, 60) and meta["size"] == (40, 60)  # evaluation keeps the original size
+    image, mask, meta = SegmentationDataset(split, None)[0]
+    assert image.shape == (3, 40, 60) and image.dtype == torch.uint8  # the model fits it to its input itself
+    assert mask.shape == (40, 60) and meta == {"index": 0}  # evaluation keeps the original size
     assert set(mask.unique().tolist()) == {0, 2, 255}
     assert data.label_names == ["background", "cat", "dog"]
 
 
 def test_training_crops_pad_the_mask_with_void(voc_root):
     split = SegmentationData(str(voc_root), classes=["cat", "dog"], num_workers=0).split("val")
-    dataset = SegmentationDataset(split, segmentation_transform(96, train=True, scale_range=(1.0, 1.0)), train=True)
+    dataset = SegmentationDataset(split, segmentation_transform(96, scale_range=(1.0, 1.0)))
     _, mask, _ = dataset[0]
     assert mask.shape == (96, 96)
     assert (mask == 255).sum() >= 96 * 96 - 40 * 60  # the padding is void
@@ -143,7 +175,7 @@ def test_bad_masks_name_the_file(voc_root):
     write_palette(path, np.zeros((41, 60)))
     split = SegmentationData(str(voc_root), classes=["cat", "dog"], num_workers=0).split("val")
     with pytest.raises(ValueError, match=r"mask of .*a.jpg' is 60x41, the image 60x40"):
-        SegmentationDataset(split, segmentation_transform(32, False), False)[0]
+        SegmentationDataset(split, None)[0]
     Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(path)
     with pytest.raises(ValueError, match=r"a.png' is a RGB image"):
         read_mask(path, 3)

@@ -9,6 +9,8 @@ from torchvision.models.detection import ssdlite320_mobilenet_v3_large
 from backbones import Backbone, build_backbone, list_backbones
 from heads.ssdlite import SSDLite
 from tasks.detect import DetectionTask
+from tasks.export import agreement, faithful
+from tasks.runtime import unbatch
 
 TORCHVISION_LAYOUT = {"name": "mobilenet_v3_large", "levels": [16, 32], "feature_location": "expansion",
                       "options": {"reduced_tail": True}}
@@ -34,27 +36,46 @@ def torchvision_reference(num_classes: int) -> torch.nn.Module:
     return model.eval()
 
 
+def random_images(*sizes: tuple[int, int], seed: int = 1) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator) for h, w in sizes]
+
+
 @pytest.fixture(scope="module")
 def images():
-    torch.manual_seed(1)
-    return [torch.rand(3, 320, 320), torch.rand(3, 240, 400), torch.rand(3, 333, 297)]
+    return random_images((320, 320), (240, 400), (333, 297))
 
 
 def test_torchvision_weights_through_init_from_give_torchvision_detections(tmp_path, images):
+    """Pre-processing, box decoding, NMS and the map back to each image's pixels, against torchvision's SSD."""
     reference = torchvision_reference(num_classes=7)
     path = tmp_path / "ssdlite_tv.pth"
     torch.save(reference.state_dict(), path)
     head = partial(SSDLite, image_mean=[0.5] * 3, image_std=[0.5] * 3)
-    task = DetectionTask(Backbone(**TORCHVISION_LAYOUT), num_classes=6, head=head, init_from=str(path))
+    task = DetectionTask(Backbone(**TORCHVISION_LAYOUT), [f"c{i}" for i in range(6)], head=head, init_from=str(path))
     task.setup("test")
     model = task.model.eval()
     with torch.no_grad():
-        expected, got = reference(images), model(images)
-    for e, g in zip(expected, got):
+        expected = reference([image.float() / 255 for image in images])  # torchvision takes floats in [0, 1]
+        listed = model(images)  # a list of any sizes, as torchvision's detectors take
+        one_by_one = [model(image[None]) for image in images]  # a batch, as the exported graph takes
+    for i, e in enumerate(expected):
         assert len(e["boxes"]) > 50 and e["scores"].std() > 1e-3  # the comparison is not degenerate
-        torch.testing.assert_close(g["boxes"], e["boxes"], atol=1e-4, rtol=0)
-        torch.testing.assert_close(g["scores"], e["scores"], atol=1e-4, rtol=0)
-        torch.testing.assert_close(g["labels"], e["labels"])
+        for got, row in ((listed, i), (one_by_one[i], 0)):
+            n = int(got["num_detections"][row])
+            assert n == len(e["boxes"]) and (got["labels"][row, n:] == 0).all() and (got["scores"][row, n:] == 0).all()
+        if i == 0:  # 320x320 needs no resize, and it is the first of torchvision's batch too: the same numbers
+            torch.testing.assert_close(listed["boxes"][0, :n], e["boxes"], atol=1e-4, rtol=0)
+            torch.testing.assert_close(listed["scores"][0, :n], e["scores"], atol=1e-4, rtol=0)
+            torch.testing.assert_close(listed["labels"][0, :n], e["labels"])
+    # Kestrel resizes with gathers that round sampling positions on their own (heads._input.resize), 1e-6 relative
+    # from F.interpolate, and a batch of one runs other convolution kernels than torchvision's batch of three
+    # (1e-4 apart already in the backbone's features): near-tied detections may swap places, so they are matched
+    # one to one (same class, boxes within 1e-3 px) rather than by position.
+    pairs = [(expected, unbatch(listed))] + [([e], unbatch(o)) for e, o in zip(expected, one_by_one)]
+    for reference, candidate in pairs:
+        stats = agreement("detect", reference, candidate, box_tolerance=1e-3)
+        assert faithful("detect", stats), stats
 
 
 def test_torchvision_coco_layout_remaps_to_category_ids(images):
@@ -63,7 +84,7 @@ def test_torchvision_coco_layout_remaps_to_category_ids(images):
     ids = [1, 3, 18, 90]
     model = SSDLite(Backbone(**TORCHVISION_LAYOUT), num_classes=len(ids)).eval()
     model.load_state_dict(model.from_torchvision(reference.state_dict(), class_ids=ids))
-    x = torch.stack([torch.nn.functional.interpolate(i[None], (320, 320))[0] for i in images])
+    x = torch.stack([torch.nn.functional.interpolate(i[None].float() / 255, (320, 320))[0] for i in images])
     with torch.no_grad():
         ours = model.head(list(model.backbone(x).values()))["cls_logits"]
         theirs = reference.head(list(reference.backbone(x).values()))["cls_logits"]
@@ -81,7 +102,7 @@ def test_init_from_rejects_weights_that_do_not_fit(tmp_path):
     path = tmp_path / "other.pth"
     other = SSDLite(Backbone("mobilenet_v3_small", levels=[16, 32]), num_classes=2)
     torch.save(other.state_dict(), path)
-    task = DetectionTask(Backbone("mobilenet_v2", levels=[16, 32]), num_classes=2, init_from=str(path))
+    task = DetectionTask(Backbone("mobilenet_v2", levels=[16, 32]), ["a", "b"], init_from=str(path))
     with pytest.raises(ValueError, match=r"other.pth' do not fit SSDLite: .*shape mismatches"):
         task.setup("fit")
 
@@ -91,16 +112,18 @@ def test_ssdlite_on_every_backbone(name):
     """Sized from feature_info: train step and inference at a small input, on every backbone."""
     model = SSDLite(build_backbone(name, levels=(16, 32)), num_classes=3, image_size=128)
     assert len(model.backbone.feature_info) == 6
-    images = [torch.rand(3, 128, 128), torch.rand(3, 128, 128)]
+    images = random_images((128, 128), (128, 128))
     targets = [{"boxes": torch.tensor([[10.0, 20, 60, 90]]), "labels": torch.tensor([2])},
                {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
     losses = model.train()(images, targets)
     assert set(losses) == {"bbox_regression", "classification"}
     sum(losses.values()).backward()
     with torch.no_grad():
-        detections = model.eval()(images)
-    assert all(d["boxes"].shape[1] == 4 and (d["labels"] >= 1).all() and (d["labels"] <= 3).all()
-               for d in detections)
+        detections = model.eval()(torch.stack(images))
+    n = detections["num_detections"]
+    assert detections["boxes"].shape == (2, 300, 4) and n.shape == (2,)
+    for labels, count in zip(detections["labels"], n):
+        assert (labels[:count] >= 1).all() and (labels[:count] <= 3).all() and (labels[count:] == 0).all()
 
 
 def test_ssdlite_arguments():

@@ -1,9 +1,10 @@
-"""What every Kestrel data module shares: parsed splits cached by stage, and the loaders."""
+"""What every Kestrel data module shares: split names, parsed splits cached by stage, checks, loaders."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import pytorch_lightning as pl
@@ -11,7 +12,23 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from .images import check_files_exist, list_images
+
 STAGES = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
+DEFAULT_SPLITS = {"coco": ("train2017", "val2017"), "voc": ("train", "val")}
+
+
+class Split(Protocol):
+    """What the base needs of a parsed split."""
+
+    description: str
+
+    @property
+    def files(self) -> list[Path]: ...
+
+    @property
+    def vocabulary(self) -> tuple:
+        """What the labels mean (class names and ids, keypoint names): equal on every split."""
 
 
 def seed_worker(worker_id: int) -> None:
@@ -29,34 +46,82 @@ def seed_worker(worker_id: int) -> None:
             return
 
 
+def collate(batch: Sequence[tuple]) -> tuple:
+    """Images stacked into one uint8 batch when they share a size (training crops), else a list (images
+    at their own sizes, for evaluation); targets and meta as lists."""
+    images, targets, meta = zip(*batch)
+    if all(image.shape == images[0].shape for image in images):
+        images = torch.stack(images)
+    else:
+        images = list(images)
+    return images, list(targets), list(meta)
+
+
 class KestrelDataModule(pl.LightningDataModule):
-    """Base of the data modules: subclasses parse a split (:meth:`load_split`) and wrap it (:meth:`dataset`).
+    """Base of the data modules: subclasses parse a named split (:meth:`load_split`), a folder of images
+    to predict on (:meth:`folder_split`), and wrap a split in a dataset (:meth:`dataset`).
+
+    ``train`` reads ``train_split``, ``val`` ``val_split``, ``test`` and ``predict`` ``test_split``
+    (``val_split`` unless given), ``predict`` with ``predict_dir`` that folder. Every split must mean
+    the same by its labels (its ``vocabulary``), and its images must exist, before any training starts.
 
     Args:
+        format: ``"coco"`` or ``"voc"``: the split names default to COCO's ``train2017`` / ``val2017``
+            or VOC's ``train`` / ``val``.
+        train_split: The training split's name.
+        val_split: The validation split's name.
+        test_split: The split ``test`` (and ``predict``) use.
+        predict_dir: A folder of images for ``predict``.
         batch_size: Images per batch and device.
         num_workers: Loader processes per device.
         pin_memory: Page-locked batches (used when a GPU is present).
-        collate: How a batch is assembled.
     """
 
-    def __init__(self, batch_size: int, num_workers: int, pin_memory: bool, collate: Callable[[list], Any]):
+    def __init__(self, format: str, train_split: str | None, val_split: str | None, test_split: str | None,
+                 predict_dir: str | None, batch_size: int, num_workers: int, pin_memory: bool):
         super().__init__()
+        if format not in DEFAULT_SPLITS:
+            raise ValueError(f"data.format must be one of {sorted(DEFAULT_SPLITS)}, got {format!r}")
+        train_default, val_default = DEFAULT_SPLITS[format]
+        self.format = format
+        self.train_split = train_split or train_default
+        self.val_split = val_split or val_default
+        self.test_split = test_split or self.val_split
+        self.predict_dir = predict_dir
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
-        self.collate = collate
         self._splits: dict[str, Any] = {}
+        self._vocabulary: tuple | None = None
 
-    def load_split(self, stage: str) -> Any:
+    def load_split(self, stage: str, name: str) -> Split:
+        raise NotImplementedError
+
+    def folder_split(self, files: list[Path]) -> Split:
         raise NotImplementedError
 
     def dataset(self, split: Any, train: bool) -> Dataset:
         raise NotImplementedError
 
+    def split_name(self, stage: str) -> str:
+        return {"train": self.train_split, "val": self.val_split}.get(stage, self.test_split)
+
     def split(self, stage: str) -> Any:
         """The parsed split a stage (``train``, ``val``, ``test``, ``predict``) uses, parsed once."""
         if stage not in self._splits:
-            self._splits[stage] = self.load_split(stage)
+            if stage == "predict" and self.predict_dir:
+                split = self.folder_split(list_images(self.predict_dir))
+            else:
+                split = self.load_split(stage, self.split_name(stage))
+                if self._vocabulary is None:
+                    self._vocabulary = split.vocabulary
+                elif split.vocabulary != self._vocabulary:
+                    raise ValueError(
+                        f"{split.description} labels {split.vocabulary}, another split of this data "
+                        f"{self._vocabulary}: every split must name the same classes (or keypoints)"
+                    )
+            check_files_exist(split.files, split.description)
+            self._splits[stage] = split
         return self._splits[stage]
 
     def setup(self, stage: str) -> None:
@@ -71,7 +136,7 @@ class KestrelDataModule(pl.LightningDataModule):
             shuffle=train,
             drop_last=drop_last and len(dataset) > self.batch_size,
             num_workers=self.num_workers,
-            collate_fn=self.collate,
+            collate_fn=collate,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
             worker_init_fn=seed_worker,

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from ._module import KestrelDataModule
 from .coco import load_coco
-from .images import check_files_exist, list_images, read_image
+from .images import read_image
 from .transforms import DetectionPreset, detection_transform
 from .voc import VOC_CLASSES, read_annotation, read_split
 
@@ -71,6 +71,14 @@ class DetectionSplit:
     coco_gt: dict | None = None
     voc_gt: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
     description: str = ""
+
+    @property
+    def files(self) -> list[Path]:
+        return [r.file for r in self.records]
+
+    @property
+    def vocabulary(self) -> tuple:
+        return tuple(self.class_names), tuple(self.category_ids)
 
 
 def _clip_boxes(boxes: np.ndarray, width: int | None, height: int | None) -> np.ndarray:
@@ -147,20 +155,14 @@ def voc_detection_split(
     return DetectionSplit(records, classes, list(range(1, len(classes) + 1)), gt, voc_gt, f"VOC {split} of {where}")
 
 
-def folder_split(folder: str | Path, class_names: list[str], category_ids: list[int]) -> DetectionSplit:
-    """A folder of images to predict on; their ids are their file names."""
-    files = list_images(folder)
-    records = [DetectionRecord(f, f.name, i, None, None) for i, f in enumerate(files)]
-    return DetectionSplit(records, class_names, category_ids, description=str(folder))
-
-
 class DetectionDataset(Dataset):
-    """Images with their boxes, augmented by an albumentations pipeline that ends at the model's size.
+    """Images with their boxes: ``(image uint8 (3, H, W), {"boxes", "labels"}, {"index"})``.
 
-    Items are ``(image uint8 (3, S, S), {"boxes", "labels"}, {"index", "size": (H, W)})``.
+    Training images go through an albumentations pipeline that ends at the model's input size;
+    evaluation images (``transform`` None) stay as they are: the model resizes them itself.
     """
 
-    def __init__(self, records: list[DetectionRecord], transform: A.Compose):
+    def __init__(self, records: list[DetectionRecord], transform: A.Compose | None):
         self.records = records
         self.transform = transform
 
@@ -176,24 +178,15 @@ class DetectionDataset(Dataset):
                 f"image {str(record.file)!r} is {width}x{height} but its annotation says "
                 f"{record.width}x{record.height}"
             )
-        out = self.transform(image=image, bboxes=record.boxes, labels=record.labels)
+        out = {"image": image, "bboxes": record.boxes, "labels": record.labels}
+        if self.transform is not None:
+            out = self.transform(**out)
         target = {
             "boxes": torch.as_tensor(np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)),
             "labels": torch.as_tensor(np.asarray(out["labels"], dtype=np.int64)),
         }
         image = torch.from_numpy(np.ascontiguousarray(out["image"])).permute(2, 0, 1)
-        return image, target, {"index": index, "size": (height, width)}
-
-
-def collate(batch):
-    images, targets, meta = zip(*batch)
-    return torch.stack(images), list(targets), list(meta)
-
-
-def _default_split(format: str, stage: str) -> str:
-    if format == "coco":
-        return "train2017" if stage == "train" else "val2017"
-    return "train" if stage == "train" else "val"
+        return image, target, {"index": index}
 
 
 class DetectionData(KestrelDataModule):
@@ -208,7 +201,7 @@ class DetectionData(KestrelDataModule):
         test_split: The split ``test`` evaluates; ``val_split`` by default.
         train_roots: VOC only: folders whose ``train_split`` lists are concatenated for training
             (VOC07+12: the 2007 and 2012 folders); ``[root]`` by default.
-        image_size: Side of the square the images are resized to.
+        image_size: Side of the square training images are resized to: the detector's input size.
         augment: Training augmentation preset: ``"ssdlite"``, ``"ssd"`` or ``"none"``.
         batch_size: Images per batch and device.
         num_workers: Loader processes per device.
@@ -234,21 +227,14 @@ class DetectionData(KestrelDataModule):
         predict_dir: str | None = None,
         pin_memory: bool = True,
     ):
-        super().__init__(batch_size, num_workers, pin_memory, collate)
-        if format not in ("coco", "voc"):
-            raise ValueError(f"data.format must be 'coco' or 'voc', got {format!r}")
+        super().__init__(format, train_split, val_split, test_split, predict_dir, batch_size, num_workers, pin_memory)
         if format == "coco" and (classes or train_roots):
             raise ValueError("data.classes and data.train_roots are for VOC data; COCO names its categories")
         self.root = root
-        self.format = format
-        self.train_split = train_split or _default_split(format, "train")
-        self.val_split = val_split or _default_split(format, "val")
-        self.test_split = test_split or self.val_split
         self.train_roots = train_roots or [root]
         self.image_size = image_size
         self.augment = augment
         self.use_difficult = use_difficult
-        self.predict_dir = predict_dir
         if format == "voc":
             self.class_names = list(classes or VOC_CLASSES)
             self.category_ids = list(range(1, len(self.class_names) + 1))
@@ -260,23 +246,16 @@ class DetectionData(KestrelDataModule):
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def load_split(self, stage: str) -> DetectionSplit:
-        if stage == "predict" and self.predict_dir:
-            split = folder_split(self.predict_dir, self.class_names, self.category_ids)
-        else:
-            name = {"train": self.train_split, "val": self.val_split}.get(stage, self.test_split)
-            if self.format == "coco":
-                split = coco_detection_split(self.root, name)
-            else:
-                roots = self.train_roots if stage == "train" else [self.root]
-                split = voc_detection_split(roots, name, self.class_names, self.use_difficult and stage == "train")
-            if self._splits and split.category_ids != self.category_ids:
-                raise ValueError(
-                    f"{split.description} has categories {split.category_ids}, the other splits "
-                    f"{self.category_ids}: every split must name the same categories"
-                )
-        check_files_exist([r.file for r in split.records], split.description)
-        return split
+    def load_split(self, stage: str, name: str) -> DetectionSplit:
+        if self.format == "coco":
+            return coco_detection_split(self.root, name)
+        roots = self.train_roots if stage == "train" else [self.root]
+        return voc_detection_split(roots, name, self.class_names, self.use_difficult and stage == "train")
+
+    def folder_split(self, files: list[Path]) -> DetectionSplit:
+        """Images to predict on; their ids are their file names."""
+        records = [DetectionRecord(f, f.name, i, None, None) for i, f in enumerate(files)]
+        return DetectionSplit(records, self.class_names, self.category_ids, description=str(self.predict_dir))
 
     def dataset(self, split: DetectionSplit, train: bool) -> DetectionDataset:
-        return DetectionDataset(split.records, detection_transform(self.augment, self.image_size, train))
+        return DetectionDataset(split.records, detection_transform(self.augment, self.image_size) if train else None)

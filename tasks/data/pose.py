@@ -28,7 +28,7 @@ from heads.pose import flip_index
 
 from ._module import KestrelDataModule
 from .coco import load_coco, load_json
-from .images import check_files_exist, list_images, read_image
+from .images import read_image
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,19 @@ COCO_SIGMAS = (
     0.087, 0.087, 0.089, 0.089,
 )
 PADDING = 1.25
+
+
+def resolve_sigmas(keypoint_names: list[str], sigmas: list[float] | float | None, source: str = "data.sigmas"
+                   ) -> list[float]:
+    """OKS sigmas per keypoint: given (a list, or one for all), COCO's for COCO's 17 keypoints, else 0.05."""
+    k = len(keypoint_names)
+    if sigmas is None:
+        return list(COCO_SIGMAS) if tuple(keypoint_names) == COCO_KEYPOINTS else [0.05] * k
+    if isinstance(sigmas, (int, float)):
+        return [float(sigmas)] * k
+    if len(sigmas) != k:
+        raise ValueError(f"{source} has {len(sigmas)} values for {k} keypoints {list(keypoint_names)}")
+    return [float(s) for s in sigmas]
 
 
 @dataclass
@@ -93,6 +106,14 @@ class PoseSplit:
     coco_gt: dict | None
     description: str
     skeleton: list[list[int]] | None = None
+
+    @property
+    def files(self) -> list[Path]:
+        return [im.file for im in self.images]
+
+    @property
+    def vocabulary(self) -> tuple:
+        return tuple(self.keypoint_names)
 
 
 def _clip_box(box, width: int | None, height: int | None) -> np.ndarray | None:
@@ -193,10 +214,9 @@ def _detections(path: Path, category_id: int, images: list[dict], position: dict
     return instances, skipped
 
 
-def folder_pose_split(folder: str | Path, keypoint_names: list[str], category_id: int,
+def folder_pose_split(folder: str | Path, files: list[Path], keypoint_names: list[str], category_id: int,
                       det_file: str | None, det_score_threshold: float) -> PoseSplit:
-    """A folder of images: person boxes from ``det_file`` (image ids = file names), or the whole image."""
-    files = list_images(folder)
+    """Images of a folder: person boxes from ``det_file`` (image ids = file names), or the whole image."""
     images = [PoseImage(f, f.name) for f in files]
     k = len(keypoint_names)
     if det_file is None:
@@ -240,6 +260,12 @@ def crop_matrix(center: np.ndarray, scale: np.ndarray, output: tuple[int, int], 
         linear = np.array([[-1.0, 0.0], [0.0, 1.0]]) @ linear
     out_center = np.array([(width - 1) / 2, (height - 1) / 2])
     return np.concatenate([linear, (out_center - linear @ center)[:, None]], 1)
+
+
+def cut_out(image: np.ndarray, matrix: np.ndarray, output: tuple[int, int]) -> np.ndarray:
+    """The crop ``output`` = (height, width) that ``matrix`` (image -> crop) maps the image to; black outside."""
+    height, width = output
+    return cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
 
 
 def apply_affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -322,7 +348,7 @@ class PoseDataset(Dataset):
                 rotation = _truncated_normal(rng) * a.rotation
             flip = rng.random() < a.flip_prob
         matrix = crop_matrix(center, scale, self.image_size, rotation, flip)
-        crop = cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
+        crop = cut_out(image, matrix, self.image_size)
         keypoints = instance.keypoints.copy()
         keypoints[:, :2] = apply_affine(matrix, keypoints[:, :2])
         if flip:
@@ -333,11 +359,6 @@ class PoseDataset(Dataset):
         meta = {"index": index, "matrix": invert_affine(matrix), "score": instance.score,
                 "area": float(scale[0] * scale[1])}
         return (torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1), torch.from_numpy(keypoints), meta)
-
-
-def collate(batch):
-    images, keypoints, meta = zip(*batch)
-    return torch.stack(images), torch.stack(keypoints), list(meta)
 
 
 class PoseData(KestrelDataModule):
@@ -368,8 +389,8 @@ class PoseData(KestrelDataModule):
         root: str,
         format: str = "coco",
         category: str | None = None,
-        train_split: str = "train2017",
-        val_split: str = "val2017",
+        train_split: str | None = None,
+        val_split: str | None = None,
         test_split: str | None = None,
         det_file: str | None = None,
         det_score_threshold: float = 0.0,
@@ -381,64 +402,45 @@ class PoseData(KestrelDataModule):
         predict_dir: str | None = None,
         pin_memory: bool = True,
     ):
-        super().__init__(batch_size, num_workers, pin_memory, collate)
         if format != "coco":
             raise ValueError(f"data.format must be 'coco' for pose (keypoints are COCO's format), got {format!r}")
+        super().__init__(format, train_split, val_split, test_split, predict_dir, batch_size, num_workers, pin_memory)
         self.root = root
-        self.format = format
         self.category = category
-        self.train_split = train_split
-        self.val_split = val_split
-        self.test_split = test_split or val_split
         self.det_file = det_file
         self.det_score_threshold = det_score_threshold
         self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         self.augment = augment if augment is not None else PoseAugment()
-        self.predict_dir = predict_dir
         val = self.split("val")  # the keypoints decide the model's outputs, needed before setup
         self.keypoint_names = val.keypoint_names
         self.category_id = val.category_id
         self.skeleton = val.skeleton
         self.flip_pairs = flip_index(self.keypoint_names)
-        self.sigmas = self._sigmas(sigmas)
-
-    def _sigmas(self, sigmas: list[float] | float | None) -> list[float]:
-        k = len(self.keypoint_names)
-        if sigmas is None:
-            return list(COCO_SIGMAS) if tuple(self.keypoint_names) == COCO_KEYPOINTS else [0.05] * k
-        if isinstance(sigmas, (int, float)):
-            return [float(sigmas)] * k
-        if len(sigmas) != k:
-            raise ValueError(f"data.sigmas has {len(sigmas)} values for {k} keypoints {self.keypoint_names}")
-        return [float(s) for s in sigmas]
+        self.sigmas = resolve_sigmas(self.keypoint_names, sigmas)
 
     @property
     def num_keypoints(self) -> int:
         return len(self.keypoint_names)
 
-    def load_split(self, stage: str) -> PoseSplit:
-        if stage == "predict" and self.predict_dir:
-            split = folder_pose_split(self.predict_dir, self.keypoint_names, self.category_id, self.det_file,
-                                      self.det_score_threshold)
-        else:
-            name = {"train": self.train_split, "val": self.val_split}.get(stage, self.test_split)
-            det_file = None if stage == "train" else self.det_file
-            split = coco_pose_split(self.root, name, self.category, stage == "train", det_file,
-                                    self.det_score_threshold)
-            if self._splits and split.keypoint_names != self.keypoint_names:
-                raise ValueError(f"{split.description} names keypoints {split.keypoint_names}, the validation "
-                                 f"split {self.keypoint_names}: every split must name the same keypoints")
-        if not split.instances:
-            found = ""
-            if self.det_file and stage != "train":
-                results = load_json(self.det_file)
-                ids = sorted({d.get("category_id") for d in results if isinstance(d, dict)}, key=str)
-                found = (f"; {self.det_file} has category ids {ids}, the keypoint category is "
-                         f"{split.category_id}")
-            raise ValueError(f"{split.description}: no person boxes to {'train on' if stage == 'train' else 'use'}"
-                             f"{found}")
-        check_files_exist([im.file for im in split.images], split.description)
-        return split
+    def load_split(self, stage: str, name: str) -> PoseSplit:
+        det_file = None if stage == "train" else self.det_file
+        split = coco_pose_split(self.root, name, self.category, stage == "train", det_file, self.det_score_threshold)
+        return self._check_boxes(split, "train on" if stage == "train" else "use")
+
+    def folder_split(self, files: list[Path]) -> PoseSplit:
+        split = folder_pose_split(self.predict_dir, files, self.keypoint_names, self.category_id, self.det_file,
+                                  self.det_score_threshold)
+        return self._check_boxes(split, "use")
+
+    def _check_boxes(self, split: PoseSplit, purpose: str) -> PoseSplit:
+        if split.instances:
+            return split
+        found = ""
+        if self.det_file and purpose == "use":
+            results = load_json(self.det_file)
+            ids = sorted({d.get("category_id") for d in results if isinstance(d, dict)}, key=str)
+            found = f"; {self.det_file} has category ids {ids}, the keypoint category is {split.category_id}"
+        raise ValueError(f"{split.description}: no person boxes to {purpose}{found}")
 
     def dataset(self, split: PoseSplit, train: bool) -> PoseDataset:
         return PoseDataset(split, self.image_size, self.augment if train else None, self.flip_pairs)

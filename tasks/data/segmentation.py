@@ -4,7 +4,7 @@ Masks hold class indices, 0 background and 255 void (ignored by loss and metric)
 palette PNGs read as indices; COCO polygons and RLE become classes by pycocotools, crowd regions void,
 for all categories or, as torchvision's COCO-VOC evaluation, the 20 VOC classes (others background).
 Training crops come from albumentations (random scale 0.5-2, pad with mask void, crop, flip, colour
-jitter); evaluation resizes the image to the model's size and keeps the mask at the image's own size.
+jitter); evaluation keeps image and mask as they are: the model fits the image to its input itself.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from ._module import KestrelDataModule
 from .coco import load_coco
-from .images import check_files_exist, list_images, read_image
+from .images import check_files_exist, read_image
 from .voc import VOC_CLASSES, read_split
 
 # torchvision's COCO-VOC mapping (references/segmentation): VOC label i is COCO category COCO_VOC_IDS[i].
@@ -77,11 +77,20 @@ class SegmentationSplit:
     description: str
     coco: COCO | None = None
     label_of: dict[int, int] | None = None
+    category_ids: list[int] | None = None
 
     @property
     def label_names(self) -> list[str]:
         """Names of every label, background first."""
         return ["background", *self.class_names]
+
+    @property
+    def files(self) -> list[Path]:
+        return [r.file for r in self.records]
+
+    @property
+    def vocabulary(self) -> tuple:
+        return tuple(self.class_names)
 
     def mask(self, record: SegmentationRecord) -> np.ndarray | None:
         """The record's mask of labels (0 background, 255 void), or None for images without one."""
@@ -125,13 +134,12 @@ def coco_segmentation_split(root: str | Path, split: str, classes: Literal["all"
                            annotations=coco_file.annotations[im["id"]])
         for im in coco_file.images
     ]
-    return SegmentationSplit(records, names, str(coco_file.path), coco, label_of)
+    ids = COCO_VOC_IDS[1:] if classes == "voc" else coco_file.category_ids
+    return SegmentationSplit(records, names, str(coco_file.path), coco, label_of, ids)
 
 
-def segmentation_transform(image_size: int, train: bool, scale_range: tuple[float, float] = (0.5, 2.0)) -> A.Compose:
-    """Training: scale, pad (image 0, mask void), crop, flip, colour jitter. Evaluation: resize the image."""
-    if not train:
-        return A.Compose([A.Resize(image_size, image_size)])
+def segmentation_transform(image_size: int, scale_range: tuple[float, float] = (0.5, 2.0)) -> A.Compose:
+    """Training crops: scale, pad (image 0, mask void), crop, flip, colour jitter."""
     return A.Compose([
         A.RandomScale(scale_limit=(scale_range[0] - 1, scale_range[1] - 1), p=1.0),
         A.PadIfNeeded(image_size, image_size, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=VOID),
@@ -142,17 +150,16 @@ def segmentation_transform(image_size: int, train: bool, scale_range: tuple[floa
 
 
 class SegmentationDataset(Dataset):
-    """Items ``(image uint8 (3, S, S), mask int64, {"index", "size"})``.
+    """Items ``(image uint8 (3, H, W), mask int64, {"index"})``.
 
-    Training masks are augmented with the image; evaluation masks stay at the image's own size (empty
-    when the image has none).
+    Training images and masks are cropped by ``transform``; evaluation ones (``transform`` None) stay
+    at the image's own size (the mask empty when the image has none).
     """
 
-    def __init__(self, split: SegmentationSplit, transform: A.Compose, train: bool):
+    def __init__(self, split: SegmentationSplit, transform: A.Compose | None):
         self.split = split
         self.records = split.records
         self.transform = transform
-        self.train = train
 
     def __len__(self) -> int:
         return len(self.records)
@@ -167,19 +174,12 @@ class SegmentationDataset(Dataset):
                 f"mask of {str(record.file)!r} is {mask.shape[1]}x{mask.shape[0]}, the image {width}x{height}"
                 + (f" ({record.mask_file})" if record.mask_file else "")
             )
-        if self.train:
+        if self.transform is not None:
             out = self.transform(image=image, mask=mask)
-            mask = out["mask"]
-        else:
-            out = self.transform(image=image)
-        image = torch.from_numpy(np.ascontiguousarray(out["image"])).permute(2, 0, 1)
+            image, mask = out["image"], out["mask"]
+        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         mask = torch.zeros(0, dtype=torch.int64) if mask is None else torch.from_numpy(mask.astype(np.int64))
-        return image, mask, {"index": index, "size": (height, width)}
-
-
-def collate(batch):
-    images, masks, meta = zip(*batch)
-    return torch.stack(images), list(masks), list(meta)
+        return image, mask, {"index": index}
 
 
 class SegmentationData(KestrelDataModule):
@@ -194,7 +194,7 @@ class SegmentationData(KestrelDataModule):
         test_split: The split ``test`` evaluates; ``val_split`` by default.
         train_mask_dir: VOC only: where the training masks are (``SegmentationClassAug`` for SBD).
         coco_classes: COCO only: ``"all"`` categories or the ``"voc"`` 20 (torchvision's COCO-VOC).
-        image_size: Training crop and evaluation input size.
+        image_size: Side of the training crops and of the square the model fits images into.
         scale_range: Random scale range of training images.
         batch_size: Images per batch and device.
         num_workers: Loader processes per device.
@@ -219,26 +219,23 @@ class SegmentationData(KestrelDataModule):
         predict_dir: str | None = None,
         pin_memory: bool = True,
     ):
-        super().__init__(batch_size, num_workers, pin_memory, collate)
-        if format not in ("voc", "coco"):
-            raise ValueError(f"data.format must be 'voc' or 'coco', got {format!r}")
+        super().__init__(format, train_split, val_split, test_split, predict_dir, batch_size, num_workers, pin_memory)
         if format == "coco" and classes:
             raise ValueError("data.classes is for VOC data; for COCO choose data.coco_classes: all or voc")
         self.root = root
-        self.format = format
         coco = format == "coco"
-        self.train_split = train_split or ("train2017" if coco else "train")
-        self.val_split = val_split or ("val2017" if coco else "val")
-        self.test_split = test_split or self.val_split
         self.train_mask_dir = train_mask_dir
         self.coco_classes = coco_classes
         self.image_size = image_size
         self.scale_range = tuple(scale_range)
-        self.predict_dir = predict_dir
         if coco and coco_classes == "all":  # the categories decide the label count, which the model needs now
-            self.class_names = self.split("val").class_names
+            val = self.split("val")
+            self.class_names, self.category_ids = val.class_names, val.category_ids
+        elif coco:  # torchvision's COCO-VOC benchmark: VOC's classes by their COCO category ids
+            self.class_names, self.category_ids = list(VOC_CLASSES), COCO_VOC_IDS[1:]
         else:
-            self.class_names = list(VOC_CLASSES) if coco else list(classes or VOC_CLASSES)
+            self.class_names = list(classes or VOC_CLASSES)
+            self.category_ids = list(range(1, len(self.class_names) + 1))
 
     @property
     def num_classes(self) -> int:
@@ -249,20 +246,15 @@ class SegmentationData(KestrelDataModule):
         """Names of every label, background first."""
         return ["background", *self.class_names]
 
-    def load_split(self, stage: str) -> SegmentationSplit:
-        if stage == "predict" and self.predict_dir:
-            records = [SegmentationRecord(f, f.stem) for f in list_images(self.predict_dir)]
-            return SegmentationSplit(records, self.class_names, str(self.predict_dir))
-        name = {"train": self.train_split, "val": self.val_split}.get(stage, self.test_split)
+    def load_split(self, stage: str, name: str) -> SegmentationSplit:
         if self.format == "coco":
-            split = coco_segmentation_split(self.root, name, self.coco_classes)
-            if split.class_names != getattr(self, "class_names", split.class_names):
-                raise ValueError(f"{split.description} names other categories than the validation split")
-        else:
-            mask_dir = self.train_mask_dir if stage == "train" else "SegmentationClass"
-            split = voc_segmentation_split(self.root, name, self.class_names, mask_dir)
-        check_files_exist([r.file for r in split.records], split.description)
-        return split
+            return coco_segmentation_split(self.root, name, self.coco_classes)
+        mask_dir = self.train_mask_dir if stage == "train" else "SegmentationClass"
+        return voc_segmentation_split(self.root, name, self.class_names, mask_dir)
+
+    def folder_split(self, files: list[Path]) -> SegmentationSplit:
+        records = [SegmentationRecord(f, f.stem) for f in files]
+        return SegmentationSplit(records, self.class_names, str(self.predict_dir))
 
     def dataset(self, split: SegmentationSplit, train: bool) -> SegmentationDataset:
-        return SegmentationDataset(split, segmentation_transform(self.image_size, train, self.scale_range), train)
+        return SegmentationDataset(split, segmentation_transform(self.image_size, self.scale_range) if train else None)

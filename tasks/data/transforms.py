@@ -77,15 +77,16 @@ class ZoomOut(A.Pad):
         return {"pad_top": top, "pad_bottom": bottom, "pad_left": left, "pad_right": right}
 
 
-def detection_transform(preset: DetectionPreset, image_size: int, train: bool) -> A.Compose:
-    """The augmentation of a preset, then a resize to ``image_size`` x ``image_size``.
+def detection_transform(preset: DetectionPreset, image_size: int) -> A.Compose:
+    """The training augmentation of a preset, then a resize to ``image_size`` x ``image_size``.
+
+    Evaluation has no transform: the detector takes images of any size and resizes them itself.
 
     Args:
         preset: ``"ssdlite"`` (IoU crop and horizontal flip, torchvision's SSDLite recipe),
             ``"ssd"`` (adds photometric distortion and zoom-out first, torchvision's SSD recipe) or
             ``"none"``.
         image_size: Side of the square output.
-        train: Evaluation transforms only resize, whatever the preset.
 
     Boxes are ``pascal_voc`` (pixel ``x1, y1, x2, y2``) with a ``labels`` field; boxes that end up
     thinner than a pixel are dropped.
@@ -93,9 +94,9 @@ def detection_transform(preset: DetectionPreset, image_size: int, train: bool) -
     if preset not in ("ssdlite", "ssd", "none"):
         raise ValueError(f"unknown augmentation preset {preset!r}; use 'ssdlite', 'ssd' or 'none'")
     steps: list[A.BasicTransform] = []
-    if train and preset == "ssd":
+    if preset == "ssd":
         steps += [A.ColorJitter(brightness=0.125, contrast=0.5, saturation=0.5, hue=0.05, p=0.5), ZoomOut()]
-    if train and preset in ("ssdlite", "ssd"):
+    if preset in ("ssdlite", "ssd"):
         steps += [IoUCrop(), A.HorizontalFlip(p=0.5)]
     steps.append(A.Resize(image_size, image_size))
     return A.Compose(

@@ -1,0 +1,97 @@
+"""What every Kestrel network does to its input first: uint8 RGB in, the backbone's normalized floats out.
+
+The networks take ``uint8`` RGB images ``(N, 3, H, W)`` as a camera gives them and do the rest inside,
+so the module that trains is the graph that ships (torchvision's detectors resize and normalize
+inside ``GeneralizedRCNNTransform`` the same way). Everything here traces into an ONNX graph whose
+``N``, ``H`` and ``W`` stay dynamic: sizes are read with ``torch.as_tensor(x.shape[i])``, which the
+tracer records as ``Shape`` ops rather than freezing the example input's numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+def check_images(images: torch.Tensor, owner: str) -> None:
+    """Raise ``TypeError`` / ``ValueError`` unless ``images`` is a uint8 ``(N, 3, H, W)`` batch."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"{owner} takes a uint8 tensor (N, 3, H, W), got {type(images).__name__}")
+    if images.dtype != torch.uint8:
+        raise TypeError(
+            f"{owner} takes uint8 RGB images (0-255), got {images.dtype}; for floats in [0, 1] pass "
+            "(images * 255).round().to(torch.uint8)"
+        )
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"{owner} takes images (N, 3, H, W), got shape {tuple(images.shape)}")
+
+
+def image_size(images: torch.Tensor) -> torch.Tensor:
+    """``(height, width)`` of a batch as a float tensor; dynamic in a traced graph."""
+    return torch.stack([torch.as_tensor(images.shape[-2]), torch.as_tensor(images.shape[-1])]).float()
+
+
+def _taps(length: torch.Tensor, size: int | torch.Tensor, extent: int | torch.Tensor, device: torch.device):
+    """For each of ``size`` output positions along an axis of ``length`` pixels stretched over the first
+    ``extent`` of them: the two input pixels it lies between, the weight of the second (half-pixel
+    centres, clamped at the edges), and whether it is inside the stretched image."""
+    index = torch.arange(size, device=device)
+    position = ((index + 0.5) * (length / extent) - 0.5).clamp(min=0)
+    low = position.floor()
+    weight = position - low
+    last = length.long() - 1
+    low = low.long().clamp(max=last)
+    return low, (low + 1).clamp(max=last), weight, (index < extent).float()
+
+
+def resize(x: torch.Tensor, size: Sequence[int] | Sequence[torch.Tensor],
+           extent: Sequence[int] | Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+    """Bilinear resize of ``(N, C, H, W)`` to ``size``, sampling as ``F.interpolate(mode="bilinear",
+    align_corners=False)`` (torchvision's detection transform) does, written with gathers. With
+    ``extent``, the image fills only the first ``extent`` rows and columns, the rest is zeros.
+
+    ONNX's ``Resize`` and ``Pad`` would leave the work to each runtime: ONNX Runtime rounds the
+    sampling positions differently (inputs 2e-6 apart, which deep networks amplify), and OpenVINO
+    2026.4's CPU plugin fails outright when a size or padding is computed from the input. Gathers and
+    arithmetic run alike in PyTorch and every runtime.
+    """
+    extent = size if extent is None else extent
+    height, width = image_size(x)
+    rows_low, rows_high, row_weight, rows_inside = _taps(height, size[0], extent[0], x.device)
+    cols_low, cols_high, col_weight, cols_inside = _taps(width, size[1], extent[1], x.device)
+    top, bottom = x.index_select(-2, rows_low), x.index_select(-2, rows_high)
+    x = (top + (bottom - top) * row_weight[:, None]) * rows_inside[:, None]
+    left, right = x.index_select(-1, cols_low), x.index_select(-1, cols_high)
+    return (left + (right - left) * col_weight) * cols_inside
+
+
+def fit_longer_side(x: torch.Tensor, side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resize ``x`` so that its longer side is ``side`` (aspect ratio kept), then pad bottom and right with
+    zeros to ``side x side``. Returns the padded batch and the ``(height, width)`` it fills, as a tensor."""
+    size = image_size(x)
+    inside = (size * (side / size.max())).round().clamp(min=1).long()
+    return resize(x, (side, side), (inside[0], inside[1])), inside
+
+
+class ImageInput(nn.Module):
+    """uint8 RGB ``(N, 3, H, W)`` -> ``(x / 255 - mean) / std`` as float.
+
+    Args:
+        mean: Per-channel mean of the [0, 1] images the weights expect.
+        std: Per-channel standard deviation.
+        owner: The network's name, for error messages.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], owner: str):
+        super().__init__()
+        self.owner = owner
+        # not in the state dict: they follow from the configuration, not from training
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_tracing():
+            check_images(images, self.owner)
+        return (images.float() / 255 - self.mean) / self.std

@@ -1,0 +1,62 @@
+"""Per-class non-maximum suppression over a batch, as ONNX's ``NonMaxSuppression`` defines it.
+
+In PyTorch it runs torchvision's ``batched_nms`` image by image; exported, it becomes the one ONNX
+operator (which ONNX Runtime and OpenVINO implement), so the detector's graph keeps its NMS and its
+data-dependent number of boxes instead of the frozen sizes that tracing torchvision's post-processing
+gives (torchvision's SSDLite traced that way returned 256 detections where eager gave 272).
+Both suppress a box whose IoU with a higher-scoring box of its class exceeds the threshold and drop
+scores at or below ``score_threshold``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchvision.ops import batched_nms as torchvision_batched_nms
+
+
+def _rank_within_class(labels: torch.Tensor) -> torch.Tensor:
+    """For a score-sorted list of labels, each entry's position among the entries of its label."""
+    order = torch.argsort(labels, stable=True)
+    grouped = labels[order]
+    rank = torch.empty_like(labels)
+    rank[order] = torch.arange(len(labels), device=labels.device) - torch.searchsorted(grouped, grouped)
+    return rank
+
+
+class _BatchedNMS(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, boxes: torch.Tensor, scores: torch.Tensor, max_per_class: int, iou_threshold: float,
+                score_threshold: float) -> torch.Tensor:
+        selected = [boxes.new_zeros((0, 3), dtype=torch.int64)]
+        for image, (image_boxes, image_scores) in enumerate(zip(boxes, scores)):
+            label, box = torch.nonzero(image_scores > score_threshold, as_tuple=True)
+            keep = torchvision_batched_nms(image_boxes[box], image_scores[label, box], label, iou_threshold)
+            keep = keep[_rank_within_class(label[keep]) < max_per_class]  # keep is sorted by score
+            selected.append(torch.stack([torch.full_like(keep, image), label[keep], box[keep]], 1))
+        return torch.cat(selected)
+
+    @staticmethod
+    def symbolic(g, boxes, scores, max_per_class: int, iou_threshold: float, score_threshold: float):
+        return g.op(
+            "NonMaxSuppression", boxes, scores,
+            g.op("Constant", value_t=torch.tensor([max_per_class], dtype=torch.int64)),
+            g.op("Constant", value_t=torch.tensor([iou_threshold], dtype=torch.float32)),
+            g.op("Constant", value_t=torch.tensor([score_threshold], dtype=torch.float32)),
+        )
+
+
+def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, max_per_class: int, iou_threshold: float,
+                score_threshold: float) -> torch.Tensor:
+    """Per image and class, the boxes NMS keeps.
+
+    Args:
+        boxes: ``(N, B, 4)`` corner boxes ``x1, y1, x2, y2``, shared by every class.
+        scores: ``(N, C, B)`` each box's score per class.
+        max_per_class: Most boxes kept per image and class.
+        iou_threshold: A box overlapping a better one of its class by more IoU than this is dropped.
+        score_threshold: Scores at or below are dropped first.
+
+    Returns:
+        ``(M, 3)`` int64 rows ``(image, class, box)``, as ONNX's ``NonMaxSuppression``.
+    """
+    return _BatchedNMS.apply(boxes, scores, max_per_class, iou_threshold, score_threshold)

@@ -1,0 +1,237 @@
+"""``python -m tasks.<task> export``: the whole network as an ONNX or OpenVINO file, checked against PyTorch.
+
+The exported graph is the network's own forward (``heads``): uint8 images in, decoded predictions out,
+scaling, normalization, resizing and decoding inside; detection's per-class NMS is ONNX's
+``NonMaxSuppression``. ``torch.onnx``'s TorchScript exporter writes it with the batch (and for
+detection and segmentation the image size) dynamic; ``torch.export``-based export fails on
+torchvision's detection code (pytorch/vision #9306). Every file carries a ``kestrel`` metadata entry
+(task, input size, class or keypoint names, where it came from), and every export is run once on
+validation images in its runtime and compared with PyTorch before its path is printed.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from backbones._weights import load_weights
+
+from ._base import KestrelTask, backbone_name, file_sha256, kestrel_version
+from .quantize import DEFAULT_KEEP_FLOAT, Calibration, KeepFloat, quantize_int8
+from .runtime import METADATA_KEY, ONNX_SUFFIX, OPENVINO_SUFFIX, ExportedModel, _openvino, run_images
+
+OPSET = 17
+CHECK_IMAGES = 8
+
+
+def example_input(metadata: dict[str, Any]) -> torch.Tensor:
+    """A uint8 batch to trace with: pose crops at the input size; other tasks an odd size unlike the input
+    size, so that the graph keeps its resize rather than a shortcut for input-sized images."""
+    height, width = metadata["input_size"]
+    if metadata["task"] == "pose":
+        return torch.randint(0, 256, (1, 3, height, width), dtype=torch.uint8)
+    return torch.randint(0, 256, (1, 3, height + 37, width + 21), dtype=torch.uint8)
+
+
+def export_onnx(network: nn.Module, path: str | Path, metadata: dict[str, Any]) -> Path:
+    """Write ``network`` (in eval mode, on the CPU) to ``path`` as ONNX with ``metadata``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = example_input(metadata)
+    with torch.no_grad():
+        outputs = list(network(example))
+    dynamic = {0: "batch"} if metadata["task"] == "pose" else {0: "batch", 2: "height", 3: "width"}
+    axes = {"images": dynamic, **{name: {0: "batch"} for name in outputs}}
+    if metadata["task"] == "segment":
+        axes["labels"] = {0: "batch", 1: "height", 2: "width"}
+    with warnings.catch_warnings():  # tracing notes on Python numbers; the export is checked on real images instead
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.filterwarnings("ignore", category=FutureWarning, module="torch.onnx")
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")  # flips: Slice with step -1
+        torch.onnx.export(network, (example,), str(path), input_names=["images"], output_names=outputs,
+                          dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+    write_onnx_metadata(path, metadata)
+    return path
+
+
+def write_onnx_metadata(path: str | Path, metadata: dict[str, Any]) -> None:
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    model.metadata_props.add(key=METADATA_KEY, value=json.dumps(metadata))
+    model.producer_name = "kestrel"
+    onnx.save(model, str(path))
+
+
+def onnx_to_openvino(onnx_path: str | Path, xml_path: str | Path, metadata: dict[str, Any]) -> Path:
+    """Convert an ONNX export to OpenVINO IR (``.xml`` + ``.bin``, float weights kept as they are).
+
+    Read by the runtime's ONNX frontend rather than ``openvino.convert_model``, whose converter sends
+    usage telemetry unless its user opted out."""
+    ov = _openvino()
+    model = ov.Core().read_model(str(onnx_path))
+    model.set_rt_info(json.dumps(metadata), [METADATA_KEY])
+    xml_path = Path(xml_path)
+    xml_path.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(model, str(xml_path), compress_to_fp16=False)
+    return xml_path
+
+
+def agreement(task: str, reference: Sequence[dict[str, torch.Tensor]], candidate: Sequence[dict[str, torch.Tensor]],
+              box_tolerance: float = 1e-3) -> dict[str, float]:
+    """How closely ``candidate`` outputs (an export's) follow ``reference`` ones (PyTorch's), image by image.
+
+    detect: ``detections`` / ``candidate_detections`` counts, ``unmatched`` reference detections (no
+    candidate of its class within ``box_tolerance`` px on every coordinate, matched greedily by
+    score), and the largest box and score differences of the matched ones. segment:
+    ``pixel_agreement``, the share of equal labels. pose: the largest keypoint and score differences.
+    """
+    if task == "segment":
+        equal = sum(int((r["labels"] == c["labels"]).sum()) for r, c in zip(reference, candidate))
+        return {"pixel_agreement": equal / max(sum(r["labels"].numel() for r in reference), 1)}
+    if task == "pose":
+        diff = [(r["keypoints"] - c["keypoints"]).abs() for r, c in zip(reference, candidate)]
+        return {"max_keypoint_diff": max(float(d[:, :2].max()) for d in diff),
+                "max_score_diff": max(float(d[:, 2].max()) for d in diff)}
+    stats = {"detections": 0, "candidate_detections": 0, "unmatched": 0, "max_box_diff": 0.0, "max_score_diff": 0.0}
+    for r, c in zip(reference, candidate):
+        stats["detections"] += len(r["boxes"])
+        stats["candidate_detections"] += len(c["boxes"])
+        distance = (r["boxes"][:, None].double() - c["boxes"][None].double()).abs().amax(-1)
+        distance[r["labels"][:, None] != c["labels"][None]] = float("inf")
+        used = torch.zeros(len(c["boxes"]), dtype=torch.bool)
+        for i in torch.argsort(r["scores"], descending=True).tolist():
+            row = distance[i].masked_fill(used, float("inf"))
+            j = int(row.argmin()) if len(row) else -1
+            if j < 0 or row[j] > box_tolerance:
+                stats["unmatched"] += 1
+                continue
+            used[j] = True
+            stats["max_box_diff"] = max(stats["max_box_diff"], float(row[j]))
+            stats["max_score_diff"] = max(stats["max_score_diff"], abs(float(r["scores"][i] - c["scores"][j])))
+    return stats
+
+
+def summarize(task: str, stats: dict[str, float]) -> str:
+    if task == "segment":
+        return f"{100 * stats['pixel_agreement']:.3f}% of pixels labelled alike"
+    if task == "pose":
+        return (f"keypoints within {stats['max_keypoint_diff']:.4f} px, scores within "
+                f"{stats['max_score_diff']:.2g}")
+    return (f"{stats['candidate_detections']} detections for PyTorch's {stats['detections']}, "
+            f"{stats['unmatched']} unmatched; matched boxes within {stats['max_box_diff']:.2g} px, "
+            f"scores within {stats['max_score_diff']:.2g}")
+
+
+def faithful(task: str, stats: dict[str, float]) -> bool:
+    """Whether a float export reproduces PyTorch (detections one for one, labels on 99.9% of pixels,
+    keypoints within 0.1 px)."""
+    if task == "segment":
+        return stats["pixel_agreement"] >= 0.999
+    if task == "pose":
+        return stats["max_keypoint_diff"] <= 0.1
+    return stats["unmatched"] == 0 and stats["candidate_detections"] == stats["detections"]
+
+
+def _images(datamodule: pl.LightningDataModule, stage: str, count: int, seed: int = 0) -> list[torch.Tensor]:
+    """``count`` images of a split as the network takes them (evaluation items: no augmentation), a
+    fixed random choice."""
+    dataset = datamodule.dataset(datamodule.split(stage), train=False)
+    chosen = np.random.default_rng(seed).permutation(len(dataset))[:count]
+    return [dataset[int(i)][0] for i in sorted(chosen)]
+
+
+def export_task(trainer: pl.Trainer, task: KestrelTask, datamodule: pl.LightningDataModule | None,
+                ckpt_path: str | None, format: str, int8: bool, output: str | None, calibration_images: int = 64,
+                int8_calibration: Calibration = "percentile",
+                int8_float: Sequence[KeepFloat] = DEFAULT_KEEP_FLOAT) -> Path:
+    """What ``python -m tasks.<task> export`` does (see :meth:`tasks.cli.KestrelTrainer.export`)."""
+    if format not in ("onnx", "openvino"):
+        raise ValueError(f"--format must be onnx or openvino, got {format!r}")
+    task.setup("export")  # init_from
+    if ckpt_path:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        load_weights(task, checkpoint.get("state_dict", checkpoint), repr(str(ckpt_path)))
+    source = ckpt_path or task.init_from
+    network = task.model.cpu().eval()
+    suffix = ONNX_SUFFIX if format == "onnx" else OPENVINO_SUFFIX
+    path = Path(output) if output else _export_folder(trainer, ckpt_path) / f"model{'_int8' if int8 else ''}{suffix}"
+    metadata = {
+        **task.metadata(),
+        "format": format,
+        "precision": "int8" if int8 else "fp32",
+        "backbone": backbone_name(network),
+        "network": type(network).__name__,
+        "checkpoint": str(source) if source else None,
+        "checkpoint_sha256": file_sha256(source) if source else None,
+        "kestrel": kestrel_version(),
+        "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as scratch:
+        onnx_path = path if format == "onnx" and not int8 else Path(scratch) / "model.onnx"
+        print(f"Exporting {metadata['network']} on {metadata['backbone']} to ONNX (opset {OPSET})")
+        export_onnx(network, onnx_path, {**metadata, "format": "onnx", "precision": "fp32"})
+        if int8:
+            if datamodule is None:
+                raise ValueError("--int8 true calibrates on training images: give the data (--data.root ...)")
+            images = _images(datamodule, "train", calibration_images)
+            metadata["int8"] = {"calibration_images": len(images), "calibration_split": datamodule.split_name("train"),
+                                "calibration": int8_calibration,
+                                "quantized": "Conv, ConvTranspose, MatMul, Gemm: weights per channel (int8), "
+                                             "activations per tensor (uint8)",
+                                "kept_in_float": list(int8_float)}
+            int8_onnx = path if format == "onnx" else Path(scratch) / "model_int8.onnx"
+            print(f"Quantizing to INT8 (ONNX Runtime QDQ), calibrating on {len(images)} training images")
+            progress = tqdm(images, desc="calibration", unit="img", leave=False)
+            quantize_int8(onnx_path, int8_onnx, (image.numpy() for image in progress), int8_float, int8_calibration)
+            onnx_path = int8_onnx
+        if format == "onnx":
+            write_onnx_metadata(path, metadata)
+        else:
+            onnx_to_openvino(onnx_path, path, metadata)
+    print(f"Wrote {path} ({_size_mb(path):.2f} MB) in {time.perf_counter() - started:.0f} s")
+    if datamodule is not None:
+        _check(task.task, network, path, _images(datamodule, "val", CHECK_IMAGES), int8)
+    print(path)
+    return path
+
+
+def _check(task: str, network: nn.Module, path: Path, images: list[torch.Tensor], int8: bool) -> None:
+    """Run the export on validation images and say how its outputs compare with PyTorch's."""
+    exported = ExportedModel(path)
+    with torch.no_grad():
+        reference = run_images(network, images)
+    stats = agreement(task, reference, run_images(exported, images), box_tolerance=1.0 if int8 else 1e-2)
+    what = "INT8 against float PyTorch" if int8 else "against PyTorch"
+    print(f"Checked {what} on {len(images)} validation images in {exported.runtime}: {summarize(task, stats)}")
+    if not int8 and not faithful(task, stats):
+        warnings.warn(f"{path} does not reproduce PyTorch on these images ({summarize(task, stats)}); "
+                      "please report it with the model's config", stacklevel=2)
+
+
+def _export_folder(trainer: pl.Trainer, ckpt_path: str | None) -> Path:
+    """The run's ``export/`` folder: beside the checkpoint's ``checkpoints/``, else the new run's."""
+    if ckpt_path and Path(ckpt_path).parent.name == "checkpoints":
+        return Path(ckpt_path).parent.parent / "export"
+    return Path(trainer.log_dir or trainer.default_root_dir) / "export"
+
+
+def _size_mb(path: Path) -> float:
+    size = path.stat().st_size
+    if path.suffix == OPENVINO_SUFFIX and path.with_suffix(".bin").is_file():
+        size += path.with_suffix(".bin").stat().st_size
+    return size / 1e6

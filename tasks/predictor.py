@@ -1,0 +1,199 @@
+"""Trained models in application code: ``Detector.from_checkpoint("best.ckpt")(["photo.jpg"])``.
+
+A predictor holds a network (a checkpoint's, rebuilt with no config and no data, or an exported file
+run by ONNX Runtime / OpenVINO) and what it was trained on (class or keypoint names). It takes images
+as file paths, NumPy arrays ``(H, W, 3)`` RGB (or ``(H, W)`` grey) uint8, or tensors ``(3, H, W)``
+(uint8, or floats in [0, 1]) of any sizes, and returns per image, in that image's pixels:
+
+- :class:`Detector`: ``{"boxes" (n, 4) x1 y1 x2 y2, "scores", "labels", "names"}``;
+- :class:`Segmenter`: ``{"labels" (H, W)}`` (0 background, k is ``class_names[k - 1]``);
+- :class:`PoseEstimator` (given person boxes): ``{"keypoints" (B, K, 3) x y score, "names"}``.
+
+The same images give the same results from a checkpoint and from its exported file (tested).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from .data.images import read_image
+from .data.pose import apply_affine, box_to_center_scale, crop_matrix, cut_out, invert_affine
+from .runtime import Network, is_exported, load_exported, run_images
+
+ImageLike = str | Path | np.ndarray | torch.Tensor
+
+
+def as_image(image: ImageLike) -> torch.Tensor:
+    """One image as the networks take it: uint8 RGB ``(3, H, W)``."""
+    if isinstance(image, (str, Path)):
+        return torch.from_numpy(read_image(image)).permute(2, 0, 1)
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise TypeError(f"a NumPy image must be uint8 (H, W, 3) RGB, got {image.dtype}")
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=2)
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"a NumPy image must be (H, W, 3) RGB or (H, W) grey, got shape {image.shape}")
+        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    if isinstance(image, torch.Tensor):
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError(f"a tensor image must be (3, H, W), got shape {tuple(image.shape)}")
+        if image.is_floating_point():
+            return (image.clamp(0, 1) * 255).round().to(torch.uint8)
+        return image.to(torch.uint8)
+    raise TypeError(f"an image is a path, a NumPy array or a tensor, got {type(image).__name__}")
+
+
+def as_images(images: ImageLike | Sequence[ImageLike]) -> tuple[list[torch.Tensor], bool]:
+    """One image or a list of them as uint8 ``(3, H, W)`` tensors, and whether it was one."""
+    single = not isinstance(images, (list, tuple))
+    return [as_image(i) for i in ([images] if single else images)], single
+
+
+class Predictor:
+    """A network and what it predicts; see the module docstring. Build one with :meth:`from_checkpoint`.
+
+    Args:
+        network: The task's network (eval mode) or an exported model (``tasks.runtime.load_exported``).
+        metadata: The task's metadata (``Task.metadata()`` or the exported file's).
+        device: Where a PyTorch network runs.
+    """
+
+    task: ClassVar[str]
+
+    def __init__(self, network: Network, metadata: dict[str, Any], device: str | torch.device = "cpu"):
+        if metadata.get("task") != self.task:
+            raise ValueError(f"{type(self).__name__} runs {self.task!r} models, this one is {metadata.get('task')!r}")
+        self.network = network
+        self.metadata = metadata
+        self.device = torch.device(device)
+
+    @classmethod
+    def task_class(cls):
+        raise NotImplementedError
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", threads: int | None = None):
+        """From a Kestrel checkpoint (``best.ckpt``: no config or data needed) or an exported file
+        (``.onnx``, OpenVINO ``.xml``; run on the CPU with ``threads`` threads)."""
+        if is_exported(path):
+            exported = load_exported(path, cls.task, threads)
+            return cls(exported, exported.metadata)
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+        task = cls.task_class().load_from_checkpoint(path, map_location=device)
+        return cls(task.model.eval().to(device), task.metadata(), device)
+
+    def run(self, images: list[torch.Tensor], batch_size: int = 16) -> list[dict[str, torch.Tensor]]:
+        with torch.inference_mode():
+            return [{k: v.cpu() for k, v in out.items()}
+                    for out in run_images(self.network, [image.to(self.device) for image in images], batch_size)]
+
+
+class Detector(Predictor):
+    """Boxes, scores, labels and class names per image, in the image's pixels.
+
+    Args (of a call):
+        images: One image or a list (see the module docstring).
+        score_threshold: Detections scoring below are left out.
+    """
+
+    task = "detect"
+
+    @classmethod
+    def task_class(cls):
+        from .detect import DetectionTask
+
+        return DetectionTask
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.metadata["class_names"]
+
+    def __call__(self, images: ImageLike | Sequence[ImageLike], score_threshold: float = 0.0) -> list[dict[str, Any]]:
+        results = []
+        for out in self.run(as_images(images)[0]):
+            keep = out["scores"] >= score_threshold
+            out = {k: v[keep] for k, v in out.items()}
+            out["names"] = [self.class_names[label - 1] for label in out["labels"].tolist()]
+            results.append(out)
+        return results
+
+
+class Segmenter(Predictor):
+    """A label map per image at its own size: 0 background, ``k`` the class ``class_names[k - 1]``."""
+
+    task = "segment"
+
+    @classmethod
+    def task_class(cls):
+        from .segment import SegmentationTask
+
+        return SegmentationTask
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.metadata["class_names"]
+
+    def __call__(self, images: ImageLike | Sequence[ImageLike]) -> list[dict[str, torch.Tensor]]:
+        return self.run(as_images(images)[0])
+
+
+class PoseEstimator(Predictor):
+    """Keypoints of the people in given boxes, in image pixels, with their names.
+
+    Args (of a call):
+        images: One image or a list (see the module docstring).
+        boxes: Per image, person boxes ``(B, 4)`` as ``x1, y1, x2, y2`` (a detector's output); None:
+            each whole image is one person box.
+    """
+
+    task = "pose"
+
+    @classmethod
+    def task_class(cls):
+        from .pose import PoseTask
+
+        return PoseTask
+
+    @property
+    def keypoint_names(self) -> list[str]:
+        return self.metadata["keypoint_names"]
+
+    def __call__(self, images: ImageLike | Sequence[ImageLike],
+                 boxes: Sequence[np.ndarray | torch.Tensor | Sequence[Sequence[float]]] | None = None
+                 ) -> list[dict[str, Any]]:
+        images, single = as_images(images)
+        if boxes is None:
+            boxes = [[[0, 0, image.shape[2], image.shape[1]]] for image in images]
+        elif single:
+            boxes = [boxes]
+        if len(boxes) != len(images):
+            raise ValueError(f"{len(boxes)} lists of boxes for {len(images)} images: give one (B, 4) per image")
+        height, width = self.metadata["input_size"]
+        crops, matrices, owner = [], [], []
+        for index, (image, image_boxes) in enumerate(zip(images, boxes)):
+            array = image.permute(1, 2, 0).numpy()
+            for box in np.asarray(image_boxes, dtype=np.float64).reshape(-1, 4):
+                x1, x2 = box[[0, 2]].clip(0, image.shape[2])  # as the data's boxes are clipped to their image
+                y1, y2 = box[[1, 3]].clip(0, image.shape[1])
+                center, scale = box_to_center_scale(np.array([x1, y1, x2 - x1, y2 - y1]), width / height)
+                matrix = crop_matrix(center, scale, (height, width))
+                crop = np.ascontiguousarray(cut_out(array, matrix, (height, width)))
+                crops.append(torch.from_numpy(crop).permute(2, 0, 1))
+                matrices.append(invert_affine(matrix))
+                owner.append(index)
+        keypoints = [out["keypoints"].numpy() for out in self.run(crops)] if crops else []
+        results = [{"keypoints": torch.zeros(0, len(self.keypoint_names), 3), "names": self.keypoint_names}
+                   for _ in images]
+        for index in range(len(images)):
+            mine = [np.concatenate([apply_affine(matrices[i], keypoints[i][:, :2]), keypoints[i][:, 2:]], 1)
+                    for i, o in enumerate(owner) if o == index]
+            if mine:
+                results[index]["keypoints"] = torch.from_numpy(np.stack(mine)).float()
+        return results

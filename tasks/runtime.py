@@ -1,0 +1,164 @@
+"""Running a Kestrel network on images: the PyTorch module, or an exported file in its runtime.
+
+Every task's network takes uint8 RGB images ``(N, 3, H, W)`` and returns a dict of tensors (see
+``heads``): detect ``boxes``/``scores``/``labels``/``num_detections``, segment ``labels``, pose
+``keypoints``. An exported file has exactly that interface (its inputs and outputs carry those
+names), so ONNX Runtime and OpenVINO stand in for the module: :func:`load_exported` returns a callable
+with the module's behaviour, and :func:`run_images` runs either on a list of images of any sizes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+Network = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+
+METADATA_KEY = "kestrel"
+ONNX_SUFFIX = ".onnx"
+OPENVINO_SUFFIX = ".xml"
+EXPORTED_SUFFIXES = (ONNX_SUFFIX, OPENVINO_SUFFIX)
+
+
+def is_exported(path: str | Path | None) -> bool:
+    """Whether ``path`` names an exported model (``.onnx``, or OpenVINO's ``.xml``) rather than a checkpoint."""
+    return path is not None and Path(path).suffix.lower() in EXPORTED_SUFFIXES
+
+
+def unbatch(outputs: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """A batch's outputs as one dict per image; padded detections cut to each image's ``num_detections``."""
+    count = outputs.get("num_detections")
+    per_image = []
+    for i in range(len(next(iter(outputs.values())))):
+        item = {k: v[i] for k, v in outputs.items() if k != "num_detections"}
+        if count is not None:
+            item = {k: v[: int(count[i])] for k, v in item.items()}
+        per_image.append(item)
+    return per_image
+
+
+def run_images(network: Network, images: torch.Tensor | Sequence[torch.Tensor],
+               batch_size: int | None = None) -> list[dict[str, torch.Tensor]]:
+    """Per image, the network's outputs.
+
+    Args:
+        network: The module (in eval mode) or an exported model from :func:`load_exported`.
+        images: A uint8 batch ``(N, 3, H, W)``, or uint8 images ``(3, H, W)`` of any sizes: runs of
+            equal size go through together, the others one by one.
+        batch_size: Most images per call (None: no limit).
+    """
+    if isinstance(images, torch.Tensor):
+        images = list(images)
+    results: list[dict[str, torch.Tensor]] = []
+    start = 0
+    while start < len(images):
+        end = start + 1
+        while (end < len(images) and images[end].shape == images[start].shape
+               and (batch_size is None or end - start < batch_size)):
+            end += 1
+        results += unbatch(network(torch.stack(images[start:end])))
+        start = end
+    return results
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The ``kestrel`` metadata of an exported file (task, input size, class or keypoint names, ...).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not a Kestrel export (no such metadata) or cannot be read.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"exported model {str(path)!r} does not exist")
+    if path.suffix.lower() == ONNX_SUFFIX:
+        import onnx
+
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as err:  # noqa: BLE001 - protobuf raises many kinds
+            raise ValueError(f"exported model {str(path)!r} is not a readable ONNX file: {err}") from None
+        properties = {p.key: p.value for p in model.metadata_props}
+        text = properties.get(METADATA_KEY)
+    elif path.suffix.lower() == OPENVINO_SUFFIX:
+        model = _openvino().Core().read_model(str(path))
+        text = model.get_rt_info([METADATA_KEY]).astype(str) if model.has_rt_info([METADATA_KEY]) else None
+    else:
+        raise ValueError(f"{str(path)!r} is not an exported model: expected {' or '.join(EXPORTED_SUFFIXES)}")
+    if not text:
+        raise ValueError(f"exported model {str(path)!r} carries no '{METADATA_KEY}' metadata: it was not exported "
+                         "by Kestrel (python -m tasks.<task> export)")
+    return json.loads(text)
+
+
+def _openvino():
+    try:
+        import openvino
+    except ImportError:
+        raise ImportError("OpenVINO is not installed: pip install openvino (constraints.txt pins it)") from None
+    return openvino
+
+
+class ExportedModel:
+    """An exported file run by its runtime, callable like the network it came from.
+
+    ``.onnx`` runs in ONNX Runtime (CPU), ``.xml`` (OpenVINO IR) in OpenVINO (CPU).
+
+    Args:
+        path: The file.
+        threads: Intra-op threads (None: the runtime's default, one per physical core).
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        self.path = Path(path)
+        self.metadata = read_metadata(self.path)
+        self.threads = threads
+        if self.path.suffix.lower() == ONNX_SUFFIX:
+            import onnxruntime
+
+            options = onnxruntime.SessionOptions()
+            if threads:
+                options.intra_op_num_threads = threads
+                options.inter_op_num_threads = 1
+            self._session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            self._outputs = [o.name for o in self._session.get_outputs()]
+            self.runtime = f"onnxruntime {onnxruntime.__version__} (CPUExecutionProvider)"
+        else:
+            ov = _openvino()
+            config = {"INFERENCE_NUM_THREADS": threads} if threads else {}
+            self._compiled = ov.Core().compile_model(str(self.path), "CPU", config)
+            self._outputs = [o.get_any_name() for o in self._compiled.outputs]
+            self.runtime = f"openvino {_version('openvino')} (CPU)"
+
+    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        array = images.detach().cpu().numpy()
+        if hasattr(self, "_session"):
+            values = self._session.run(self._outputs, {"images": array})
+        else:
+            result = self._compiled(array)
+            values = [result[output] for output in self._compiled.outputs]
+        return {name: torch.from_numpy(np.asarray(value)) for name, value in zip(self._outputs, values)}
+
+    def __repr__(self) -> str:
+        return f"ExportedModel({str(self.path)!r}, {self.runtime})"
+
+
+def load_exported(path: str | Path, task: str | None = None, threads: int | None = None) -> ExportedModel:
+    """An exported model, checked to be for ``task`` (``detect``, ``segment``, ``pose``) when given."""
+    model = ExportedModel(path, threads)
+    if task is not None and model.metadata.get("task") != task:
+        raise ValueError(f"exported model {str(path)!r} is a {model.metadata.get('task')!r} model, not {task!r}")
+    return model
+
+
+def _version(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "unknown"
