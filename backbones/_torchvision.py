@@ -57,8 +57,9 @@ def _dilate(module: nn.Module, rate: int) -> None:
                 m.padding = tuple((k - 1) // 2 * rate for k in m.kernel_size)
 
 
-def _capture(store: dict[str, torch.Tensor], name: str, module, args, output) -> None:
-    store[name] = output
+def _capture(owner: nn.Module, name: str, module, args, output) -> None:
+    # looked up at call time: torch.export (non-strict) swaps module attributes for copies while tracing
+    owner._captured[name] = output
 
 
 class TorchvisionBackbone(Pyramid):
@@ -167,7 +168,7 @@ class TorchvisionBackbone(Pyramid):
         for stride, module, index, location in taps:
             name = level_name(stride)
             if location == "expansion":
-                hook = functools.partial(_capture, self._captured, name)
+                hook = functools.partial(_capture, self, name)
                 self.get_submodule(module).register_forward_hook(hook)
                 channels = _out_channels(self.get_submodule(module))
             else:

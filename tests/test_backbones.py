@@ -224,3 +224,24 @@ def test_feature_info_validation():
     info = FeatureInfo([Level("a", 8, 8), Level("b", 16, 16), Level("c", 16, 16)])
     assert info["b"].channels == 16 and info[1:].names() == ["b", "c"]
     assert info.map_sizes(33, 17) == [(5, 3), (3, 2), (3, 2)]
+
+
+def test_expansion_taps_survive_torch_export():
+    """Non-strict torch.export swaps module attributes for copies while tracing; the backbone must keep
+    returning its expansion levels afterwards."""
+    backbone = build_backbone("mobilenet_v3_large", levels=(16, 32), feature_location="expansion").eval()
+
+    class Levels(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = backbone
+
+        def forward(self, x):
+            return tuple(self.backbone(x).values())
+
+    x = torch.rand(1, 3, 96, 96)
+    with torch.no_grad():
+        before = backbone(x)
+        torch.export.export(Levels(), (x,), strict=False)
+        after = backbone(x)
+    assert list(after) == ["C4", "C5"] and all(torch.equal(before[k], after[k]) for k in before)
