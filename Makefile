@@ -44,6 +44,8 @@ demo-export: install  ## export the demo detector (run make demo first) and test
 		$(PY) -m tasks.detect test --config $(DEMO_CONFIG) --ckpt_path "$$(ls -t $(DEMO_RUN)/*/export/$$file | head -1)" || exit 1; \
 	done
 	$(PY) -m tasks.report compare $$(ls -td $(DEMO_RUN)/version_* | head -4 | tac)
+	$(PY) -m tasks.bench runtimes $$(ls -t $(DEMO_RUN)/*/checkpoints/best.ckpt | head -1) \
+		$$(for file in model.onnx model_int8.onnx model.xml; do ls -t $(DEMO_RUN)/*/export/$$file | head -1; done)
 
 demo-segment: install $(DEMO_DATA)/coco/annotations/instances_val2017.json  ## DeepLabV3+ on the synthetic VOC folder
 	$(PY) -m tasks.segment fit --config configs/demo/deeplabv3plus_mbv2_shapes.yaml
@@ -55,7 +57,7 @@ demo-pose: install $(DEMO_DATA)/coco/annotations/instances_val2017.json  ## top-
 
 bench: install $(DEMO_DATA)/coco/annotations/instances_val2017.json  ## speed, measured (never asserted in tests)
 	$(PY) -m backbones --size 320 --time
-	$(PY) -m tasks.bench --root $(DEMO_DATA)/coco
+	$(PY) -m tasks.bench training --root $(DEMO_DATA)/coco
 
 lint: install
 	$(VENV)/bin/ruff check .

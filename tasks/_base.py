@@ -186,7 +186,8 @@ class KestrelTask(pl.LightningModule):
     def use_exported(self, path: str | Path, threads: int | None = None) -> None:
         """Evaluate and predict with an exported file in its runtime instead of ``self.model``."""
         exported = load_exported(path, self.task, threads)
-        mine = {k: v for k, v in self.metadata().items() if k.endswith("_names") or k == "input_size"}
+        mine = {k: v for k, v in self.metadata().items() if k in ("input_size", "class_names", "category_ids",
+                                                                   "keypoint_names")}
         theirs = {k: exported.metadata.get(k) for k in mine}
         if theirs != mine:
             differ = [k for k in mine if theirs[k] != mine[k]]

@@ -161,11 +161,17 @@ def export_task(trainer: pl.Trainer, task: KestrelTask, datamodule: pl.Lightning
     """What ``python -m tasks.<task> export`` does (see :meth:`tasks.cli.KestrelTrainer.export`)."""
     if format not in ("onnx", "openvino"):
         raise ValueError(f"--format must be onnx or openvino, got {format!r}")
+    if int8 and datamodule is None:
+        raise ValueError("--int8 true calibrates on training images: give the data (--data.root ...)")
+    if ckpt_path and not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"--ckpt_path {str(ckpt_path)!r} does not exist")
     task.setup("export")  # init_from
     if ckpt_path:
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         load_weights(task, checkpoint.get("state_dict", checkpoint), repr(str(ckpt_path)))
     source = ckpt_path or task.init_from
+    if not source:
+        warnings.warn("exporting the network's initial weights: no --ckpt_path and no model.init_from", stacklevel=2)
     network = task.model.cpu().eval()
     suffix = ONNX_SUFFIX if format == "onnx" else OPENVINO_SUFFIX
     path = Path(output) if output else _export_folder(trainer, ckpt_path) / f"model{'_int8' if int8 else ''}{suffix}"
@@ -186,8 +192,6 @@ def export_task(trainer: pl.Trainer, task: KestrelTask, datamodule: pl.Lightning
         print(f"Exporting {metadata['network']} on {metadata['backbone']} to ONNX (opset {OPSET})")
         export_onnx(network, onnx_path, {**metadata, "format": "onnx", "precision": "fp32"})
         if int8:
-            if datamodule is None:
-                raise ValueError("--int8 true calibrates on training images: give the data (--data.root ...)")
             images = _images(datamodule, "train", calibration_images)
             metadata["int8"] = {"calibration_images": len(images), "calibration_split": datamodule.split_name("train"),
                                 "calibration": int8_calibration,

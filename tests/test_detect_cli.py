@@ -6,9 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from cli_runs import check_report, demo_args, latest_version, read_metrics, threads
 from PIL import Image
 
+from tasks import bench
 from tasks.data.synthetic import CATEGORIES, VOC_SYNTHETIC_CLASSES, generate
 from tasks.detect import DetectionTask, cli_main
 from tasks.export import agreement, faithful, write_onnx_metadata
@@ -215,3 +217,45 @@ def test_exporting_an_exported_file_or_testing_a_foreign_one_is_refused(data, tr
     write_onnx_metadata(path.rename(other), {**metadata, "class_names": ["a", "b", "c", "d"]})
     with pytest.raises(ValueError, match="was made for other data: its class_names"):
         cli_main(["test", *small(data / "coco", tmp_path / "run", "--ckpt_path", str(other))])
+
+
+def test_bench_times_the_checkpoint_beside_its_exports(data, trained, capsys):
+    onnx_path = export(data, trained, capsys)
+    bench.main(["runtimes", best_checkpoint(trained), str(onnx_path), "--size", "60", "80", "--batch", "1", "2",
+                "--repeats", "2", "--threads", "1"])
+    table = capsys.readouterr().out
+    assert "input uint8 60x80" in table and "| runtime | file size (MB) | batch 1 (ms) | batch 2 (ms) |" in table
+    rows = [line for line in table.splitlines() if line.startswith("| PyTorch eager") or "model.onnx" in line]
+    assert len(rows) == 2 and all(len(row.split("|")) == 6 for row in rows)
+
+
+def test_export_from_init_from_and_predict_with_the_file(data, trained, capsys, tmp_path):
+    """``--model.init_from`` works as for test (the file goes to the new run's export/ folder), and predict
+    on the file writes the checkpoint's detections."""
+    run_dir = tmp_path / "run"
+    capsys.readouterr()
+    cli_main(["export", *small(data / "coco", run_dir, "--model.init_from", best_checkpoint(trained))])
+    path = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert path.parent.name == "export" and path.parent.parent.parent == run_dir / "lightning_logs"
+    found = {}
+    for source in (best_checkpoint(trained), str(path)):
+        out = tmp_path / Path(source).suffix.strip(".")
+        cli_main(["predict", *small(data / "coco", out, "--model.init_from" if source.endswith(".ckpt") else
+                                    "--ckpt_path", source)])
+        found[source] = json.loads((latest_version(out) / "predictions" / "detections.json").read_text())
+    checkpoint, exported = (by_image(entries) for entries in found.values())
+    assert checkpoint.keys() == exported.keys() and checkpoint
+    stats = agreement("detect", list(checkpoint.values()), [exported[i] for i in checkpoint], box_tolerance=1e-2)
+    assert faithful("detect", stats) and stats["max_score_diff"] < 1e-4, stats
+
+
+def by_image(entries: list[dict]) -> dict:
+    """COCO results as per-image detections (boxes x1 y1 x2 y2, scores, category ids as labels)."""
+    images = {}
+    for image_id in {e["image_id"] for e in entries}:
+        mine = [e for e in entries if e["image_id"] == image_id]
+        xywh = torch.tensor([e["bbox"] for e in mine])
+        images[image_id] = {"boxes": torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1),
+                            "scores": torch.tensor([e["score"] for e in mine]),
+                            "labels": torch.tensor([e["category_id"] for e in mine])}
+    return images
