@@ -129,7 +129,7 @@ def summarize(task: str, stats: dict[str, float]) -> str:
     if task == "segment":
         return f"{100 * stats['pixel_agreement']:.3f}% of pixels labelled alike"
     if task == "pose":
-        return (f"keypoints within {stats['max_keypoint_diff']:.4f} px, scores within "
+        return (f"keypoints within {stats['max_keypoint_diff']:.2g} px, scores within "
                 f"{stats['max_score_diff']:.2g}")
     return (f"{stats['candidate_detections']} detections for PyTorch's {stats['detections']}, "
             f"{stats['unmatched']} unmatched; matched boxes within {stats['max_box_diff']:.2g} px, "
