@@ -10,7 +10,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 DEMO_DATA := data/shapes
 DEMO_CONFIG := configs/demo/ssdlite_mbv3_shapes.yaml
 
-.PHONY: install test test-all demo demo-export demo-segment demo-pose bench lint clean
+.PHONY: install test test-all demo demo-export demo-int8 demo-segment demo-pose bench lint clean
 
 install: $(STAMP)
 
@@ -46,6 +46,23 @@ demo-export: install  ## export the demo detector (run make demo first) and test
 	$(PY) -m tasks.report compare $$(ls -td $(DEMO_RUN)/version_* | head -4 | tac)
 	$(PY) -m tasks.bench runtimes $$(ls -t $(DEMO_RUN)/*/checkpoints/best.ckpt | head -1) \
 		$$(for file in model.onnx model_int8.onnx model.xml; do ls -t $(DEMO_RUN)/*/export/$$file | head -1; done)
+
+# After `make demo`: which INT8 settings cost the demo detector what. Each setting (calibration:kept-in-float)
+# is exported beside the default files and scored by `test`; the table compares them with the checkpoint.
+INT8_SETTINGS := minmax:[] minmax:[first_conv] minmax:[last_convs] minmax:[first_conv,last_convs] \
+	percentile:[] percentile:[first_conv,last_convs]
+
+demo-int8: install  ## INT8 settings compared on the demo detector (run make demo first), each exported and tested
+	$(PY) -m tasks.detect test --config $(DEMO_CONFIG) --ckpt_path best
+	for setting in $(INT8_SETTINGS); do \
+		calibration=$${setting%%:*}; float=$${setting#*:}; \
+		name=int8_$$calibration$$(echo "$$float" | tr -d '[]' | tr ',' '\n' | sed 's/^./_&/' | tr -d '\n'); \
+		file=$$(dirname "$$(dirname "$$(ls -t $(DEMO_RUN)/*/checkpoints/best.ckpt | head -1)")")/export/$$name.onnx; \
+		$(PY) -m tasks.detect export --config $(DEMO_CONFIG) --ckpt_path best --int8 true \
+			--int8_calibration $$calibration --int8_float "$$float" --output "$$file" || exit 1; \
+		$(PY) -m tasks.detect test --config $(DEMO_CONFIG) --ckpt_path "$$file" || exit 1; \
+	done
+	$(PY) -m tasks.report compare $$(ls -td $(DEMO_RUN)/version_* | head -$$(($(words $(INT8_SETTINGS)) + 1)) | tac)
 
 demo-segment: install $(DEMO_DATA)/coco/annotations/instances_val2017.json  ## DeepLabV3+ on the synthetic VOC folder
 	$(PY) -m tasks.segment fit --config configs/demo/deeplabv3plus_mbv2_shapes.yaml

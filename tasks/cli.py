@@ -39,7 +39,7 @@ class KestrelTrainer(pl.Trainer):
             int8: Quantize to INT8 (static, calibrated on training images).
             output: Where to write (default: the run's ``export/`` folder).
             calibration_images: Training images INT8 calibrates on.
-            int8_calibration: How INT8 sets activation ranges: ``percentile``, ``minmax``, ``entropy``.
+            int8_calibration: How INT8 sets activation ranges: ``percentile`` or ``minmax``.
             int8_float: Convolutions INT8 keeps in float: ``first_conv``, ``last_convs``.
         """
         from .export import export_task

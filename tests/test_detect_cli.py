@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from cli_runs import check_report, demo_args, latest_version, read_metrics, threads
@@ -15,6 +16,7 @@ from tasks.data.synthetic import CATEGORIES, VOC_SYNTHETIC_CLASSES, generate
 from tasks.detect import DetectionTask, cli_main
 from tasks.export import agreement, faithful, write_onnx_metadata
 from tasks.predictor import Detector
+from tasks.quantize import conv_nodes
 from tasks.runtime import read_metadata
 
 CONFIG = str(Path(__file__).parents[1] / "configs" / "demo" / "ssdlite_mbv3_shapes.yaml")
@@ -179,6 +181,25 @@ def test_int8_is_smaller_and_close(data, trained, checkpoint_metrics, capsys, tm
     assert metadata["precision"] == "int8" and metadata["int8"]["calibration_images"] == 12  # the training split
     cli_main(["test", *small(data / "coco", tmp_path, "--ckpt_path", str(int8))])
     assert read_metrics(tmp_path)["map_50"] == pytest.approx(checkpoint_metrics["map_50"], abs=0.05)
+    assert metadata["int8"]["calibration"] == "percentile"
+    assert metadata["int8"]["kept_in_float"] == ["first_conv", "last_convs"]
+    assert float_convs(int8) == {*conv_nodes(onnx.load(str(fp32)), "first_conv"),
+                                 *conv_nodes(onnx.load(str(fp32)), "last_convs")}
+
+
+def test_int8_options_reach_the_quantizer(data, trained, capsys, tmp_path):
+    every = export(data, trained, capsys, "--int8", "true", "--int8_calibration", "minmax", "--int8_float", "[]",
+                   "--calibration_images", "4", "--output", str(tmp_path / "all.onnx"))
+    assert every == tmp_path / "all.onnx" and float_convs(every) == set()
+    settings = read_metadata(every)["int8"]
+    assert (settings["calibration"], settings["kept_in_float"], settings["calibration_images"]) == ("minmax", [], 4)
+
+
+def float_convs(path: Path) -> set[str]:
+    """The convolutions of an ONNX file whose weights are not dequantized from int8."""
+    graph = onnx.load(str(path)).graph
+    dequantized = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"}
+    return {node.name for node in graph.node if node.op_type == "Conv" and node.input[1] not in dequantized}
 
 
 def test_a_checkpoint_alone_rebuilds_the_detector_and_so_does_its_export(data, trained, capsys, tmp_path):
