@@ -1,4 +1,5 @@
-"""``python -m backbones``: a table of every registered backbone, its size, cost and levels."""
+"""``python -m backbones``: a table of every registered backbone, its size, cost and levels;
+``python -m backbones pick``: the ones that fit a latency budget with a task's head (see ``backbones.pick``)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,11 @@ def latency_ms(model: Pyramid, size: int, batch: int = 1, repeats: int = 20) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["pick"]:
+        from .pick import main as pick
+
+        return pick(argv[1:])
     parser = argparse.ArgumentParser(
         prog="python -m backbones",
         description="Table of the registered backbones: parameters, GFLOPs at --size (torch's FLOP "

@@ -1,0 +1,176 @@
+"""``python -m backbones pick``: which backbones, with a task's head, fit a latency budget on this machine.
+
+Every candidate is built with the head of the task's COCO / VOC config (SSDLite with 80 classes on
+the C4-expansion and C5 taps; DeepLabV3+ at output stride 16 with 20 classes; the pose head with the
+17 COCO keypoints and flip test on 4:3 crops, 256x192 at --size 256), run on random uint8 images of
+the asked size, and timed after warm-up; the list gives the ones within the budget, fastest first.
+
+What is timed is the network from uint8 image to the head's output — scaling, normalization,
+resizing, backbone and head — plus segmentation's and pose's decoding. Detection's box decoding and
+NMS are left out: their cost does not depend on the backbone, and on untrained weights (every score
+above the threshold) it is far larger than a trained detector's (``python -m tasks.bench runtimes``
+times a trained one whole).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from . import Backbone, list_backbones
+
+TASKS = ("detect", "segment", "pose")
+RUNTIMES = ("eager", "onnx")
+
+
+class _DetectorNetwork(nn.Module):
+    """SSDLite up to its head's outputs (no box decoding or NMS)."""
+
+    def __init__(self, detector: nn.Module):
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        from heads._input import resize
+
+        side = self.detector.image_size
+        x = resize(self.detector.input(images), (side, side))
+        return self.detector.head(list(self.detector.backbone(x).values()))
+
+
+def pose_width(height: int) -> int:
+    """The width of a 4:3 pose crop ``height`` tall, as a multiple of the stride 32 (256 -> 192)."""
+    return max(32, round(0.75 * height / 32) * 32)
+
+
+def build(task: str, name: str, size: int) -> tuple[nn.Module, tuple[int, int]]:
+    """The network ``python -m backbones pick`` times for ``task`` on backbone ``name``, and its input size.
+
+    Raises:
+        ValueError: the backbone cannot take the head's configuration (e.g. output stride 16).
+    """
+    if task == "detect":
+        from heads.ssdlite import SSDLite
+
+        try:
+            backbone = Backbone(name, levels=[16, 32], feature_location="expansion")
+        except ValueError:  # no expansion layer to tap: the block outputs
+            backbone = Backbone(name, levels=[16, 32])
+        return _DetectorNetwork(SSDLite(backbone, num_classes=80, image_size=size)), (size, size)
+    if task == "segment":
+        from heads.deeplabv3plus import DeepLabV3Plus
+
+        return DeepLabV3Plus(Backbone(name, levels=[4, 32], output_stride=16), num_classes=20,
+                             image_size=size), (size, size)
+    if task == "pose":
+        from heads.pose import SimpleBaseline
+        from tasks.data.pose import COCO_KEYPOINTS
+
+        if size % 32:
+            raise ValueError(f"pose crops are multiples of the stride 32, got --size {size}")
+        return SimpleBaseline(Backbone(name, levels=[32]), list(COCO_KEYPOINTS)), (size, pose_width(size))
+    raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+
+
+def measure(task: str, network: nn.Module, input_size: tuple[int, int], runtime: str = "eager", repeats: int = 10,
+            warmup: int = 3) -> dict[str, float]:
+    """Parameters (M), GFLOPs and the median latency (ms) of batch 1 of ``task``'s ``network`` in ``runtime``."""
+    network.eval()
+    x = torch.randint(0, 256, (1, 3, *input_size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        network(x)
+    params = sum(p.numel() for p in network.parameters()) / 1e6
+    with tempfile.TemporaryDirectory() as scratch:
+        run = _runner(task, network, input_size, runtime, Path(scratch))
+        with torch.inference_mode():
+            times = []
+            for i in range(warmup + repeats):
+                start = time.perf_counter()
+                run(x)
+                if i >= warmup:
+                    times.append(1e3 * (time.perf_counter() - start))
+    return {"params": params, "gflops": counter.get_total_flops() / 1e9, "ms": statistics.median(times)}
+
+
+def _runner(task: str, network: nn.Module, input_size: tuple[int, int], runtime: str, scratch: Path) -> Callable:
+    if runtime == "eager":
+        return network
+    if runtime != "onnx":
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    from tasks.export import export_onnx
+    from tasks.runtime import ExportedModel
+
+    path = export_onnx(network, scratch / "model.onnx", {"task": task, "input_size": list(input_size)})
+    return ExportedModel(path, threads=torch.get_num_threads())
+
+
+def pick(task: str, size: int, budget_ms: float, names: list[str] | None = None, runtime: str = "eager",
+         repeats: int = 10, progress: Callable[[str], None] | None = None) -> tuple[list[dict], list[dict]]:
+    """Every backbone measured with ``task``'s head; those within ``budget_ms`` (fastest first), and the rest.
+
+    The rest holds the ones over budget (fastest first) and, with an ``error``, those that cannot
+    take the head.
+    """
+    rows = []
+    for name in names or list_backbones():
+        if progress:
+            progress(name)
+        try:
+            network, input_size = build(task, name, size)
+        except (ValueError, TypeError, FileNotFoundError) as err:
+            rows.append({"backbone": name, "error": str(err)})
+            continue
+        rows.append({"backbone": name, **measure(task, network, input_size, runtime, repeats)})
+    timed = sorted((r for r in rows if "ms" in r), key=lambda r: r["ms"])
+    fits = [r for r in timed if r["ms"] <= budget_ms]
+    return fits, [r for r in timed if r["ms"] > budget_ms] + [r for r in rows if "error" in r]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m backbones pick", description=__doc__.split("\n\n")[0],
+                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="*", help="backbones to consider (default: every registered one)")
+    parser.add_argument("--task", required=True, choices=TASKS)
+    parser.add_argument("--size", type=int, default=320,
+                        help="input size: square for detect and segment; pose: the crop height, a multiple of 32 "
+                        "(256: 256x192 crops)")
+    parser.add_argument("--budget-ms", type=float, required=True, help="latency budget of one image (batch 1)")
+    parser.add_argument("--runtime", default="eager", choices=RUNTIMES,
+                        help="eager PyTorch, or the network exported to ONNX and run in ONNX Runtime")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--repeats", type=int, default=10, help="timed runs per backbone, after 3 warm-up runs")
+    args = parser.parse_args(argv)
+    if args.budget_ms <= 0 or args.size < 32:
+        parser.error("--budget-ms must be positive and --size at least 32")
+    if args.task == "pose" and args.size % 32:
+        parser.error(f"--size of pose crops must be a multiple of 32, got {args.size}")
+    torch.set_num_threads(args.threads)
+    names = args.names or list_backbones()
+    print(f"{args.task} at {args.size} px, batch 1, {args.runtime}, {args.threads} thread(s), "
+          f"median of {args.repeats} runs; budget {args.budget_ms:g} ms", flush=True)
+    fits, rest = pick(args.task, args.size, args.budget_ms, names, args.runtime, args.repeats,
+                      progress=lambda name: print(f"  measuring {name} ...", flush=True))
+    header = "| backbone | ms | params (M) | GFLOPs |\n|---|---:|---:|---:|"
+    print(f"\nWithin {args.budget_ms:g} ms, fastest first:\n")
+    print(header if fits else "none")
+    for row in fits:
+        print(f"| {row['backbone']} | {row['ms']:.1f} | {row['params']:.2f} | {row['gflops']:.2f} |")
+    over = [r for r in rest if "ms" in r]
+    if over:
+        print("\nOver budget:\n\n" + header)
+        for row in over:
+            print(f"| {row['backbone']} | {row['ms']:.1f} | {row['params']:.2f} | {row['gflops']:.2f} |")
+    for row in rest:
+        if "error" in row:
+            print(f"cannot build {row['backbone']} with the {args.task} head: {row['error']}")
+    return 0
