@@ -26,7 +26,7 @@ from backbones._weights import load_weights, read_state_dict
 
 from .metrics import gather_by_index
 from .optim import SchedulerCallable, TrainingLength, param_groups
-from .runtime import ExportedModel, load_exported, run_images
+from .runtime import ExportedModel, file_size_mb, load_exported, run_images
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +265,7 @@ class KestrelTask(pl.LightningModule):
         if self.exported is not None:
             checkpoint = str(self.exported.path)
             weights = {"runtime": self.exported.runtime, "model file": checkpoint,
-                       "model file size (MB)": f"{self.exported.path.stat().st_size / 1e6:.2f}",
+                       "model file size (MB)": f"{file_size_mb(self.exported.path):.2f}",
                        "exported from": self.exported.metadata.get("checkpoint", "-")}
         else:
             weights = {"runtime": f"PyTorch {torch.__version__} (eager)",

@@ -29,7 +29,7 @@ from backbones import Backbone
 from heads.ssdlite import SSDLite
 
 from .data.detection import DetectionData
-from .runtime import ExportedModel, is_exported
+from .runtime import ExportedModel, file_size_mb, is_exported
 
 
 def loader_rate(data: DetectionData, batches: int) -> float:
@@ -130,9 +130,7 @@ def runtimes(args: argparse.Namespace) -> None:
     print("| " + " | ".join(header) + " |\n|---|" + "---:|" * (len(header) - 1))
     checkpoint_mb = sum(p.numel() * p.element_size() for p in task.model.state_dict().values()) / 1e6
     for name, model in models.items():
-        size = checkpoint_mb if name == "PyTorch eager" else model.path.stat().st_size / 1e6
-        if name.endswith(".xml"):
-            size += model.path.with_suffix(".bin").stat().st_size / 1e6
+        size = checkpoint_mb if name == "PyTorch eager" else file_size_mb(model.path)
         runtime = name if name == "PyTorch eager" else f"{model.runtime.split(' (')[0]}: {name}"
         cells = [f"{np.median(t):.1f} ({np.percentile(t, 25):.1f}-{np.percentile(t, 75):.1f})"
                  for t in times[name].values()]

@@ -31,7 +31,7 @@ from backbones._weights import load_weights
 
 from ._base import KestrelTask, backbone_name, file_sha256, kestrel_version
 from .quantize import DEFAULT_KEEP_FLOAT, Calibration, KeepFloat, quantize_int8
-from .runtime import METADATA_KEY, ONNX_SUFFIX, OPENVINO_SUFFIX, ExportedModel, _openvino, run_images
+from .runtime import METADATA_KEY, ONNX_SUFFIX, OPENVINO_SUFFIX, ExportedModel, _openvino, file_size_mb, run_images
 
 OPSET = 17
 CHECK_IMAGES = 8
@@ -207,7 +207,7 @@ def export_task(trainer: pl.Trainer, task: KestrelTask, datamodule: pl.Lightning
             write_onnx_metadata(path, metadata)
         else:
             onnx_to_openvino(onnx_path, path, metadata)
-    print(f"Wrote {path} ({_size_mb(path):.2f} MB) in {time.perf_counter() - started:.0f} s")
+    print(f"Wrote {path} ({file_size_mb(path):.2f} MB) in {time.perf_counter() - started:.0f} s")
     if datamodule is not None:
         _check(task.task, network, path, _images(datamodule, "val", CHECK_IMAGES), int8)
     print(path)
@@ -234,8 +234,3 @@ def _export_folder(trainer: pl.Trainer, ckpt_path: str | None) -> Path:
     return Path(trainer.log_dir or trainer.default_root_dir) / "export"
 
 
-def _size_mb(path: Path) -> float:
-    size = path.stat().st_size
-    if path.suffix == OPENVINO_SUFFIX and path.with_suffix(".bin").is_file():
-        size += path.with_suffix(".bin").stat().st_size
-    return size / 1e6

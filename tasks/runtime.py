@@ -31,6 +31,15 @@ def is_exported(path: str | Path | None) -> bool:
     return path is not None and Path(path).suffix.lower() in EXPORTED_SUFFIXES
 
 
+def file_size_mb(path: str | Path) -> float:
+    """An exported model's size in MB: the file, and for OpenVINO IR its ``.bin`` of weights too."""
+    path = Path(path)
+    size = path.stat().st_size
+    if path.suffix.lower() == OPENVINO_SUFFIX and path.with_suffix(".bin").is_file():
+        size += path.with_suffix(".bin").stat().st_size
+    return size / 1e6
+
+
 def unbatch(outputs: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
     """A batch's outputs as one dict per image; padded detections cut to each image's ``num_detections``."""
     count = outputs.get("num_detections")

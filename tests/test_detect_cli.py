@@ -171,6 +171,8 @@ def test_the_export_scores_what_the_checkpoint_scores(data, trained, checkpoint_
     report = (latest_version(run_dir) / "report" / "report.md").read_text()
     runtime = "onnxruntime" if fmt == "onnx" else "openvino"
     assert f"| runtime | {runtime} " in report and f"| model file | {path} |" in report
+    weights = sum(f.stat().st_size for f in (path, path.with_suffix(".bin")) if f.is_file()) / 1e6
+    assert f"| model file size (MB) | {weights:.2f} |" in report  # OpenVINO: the .xml and its .bin
 
 
 def test_int8_is_smaller_and_close(data, trained, checkpoint_metrics, capsys, tmp_path):
