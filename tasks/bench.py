@@ -29,6 +29,7 @@ from backbones import Backbone
 from heads.ssdlite import SSDLite
 
 from .data.detection import DetectionData
+from .hub import task_class
 from .runtime import ExportedModel, file_size_mb, is_exported
 
 
@@ -113,10 +114,7 @@ def runtimes(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     exported = {f"{f.name}": ExportedModel(f, threads=args.threads) for f in files}
     metadata = next(iter(exported.values())).metadata
-    from .predictor import Detector, PoseEstimator, Segmenter
-
-    predictor = {"detect": Detector, "segment": Segmenter, "pose": PoseEstimator}[metadata["task"]]
-    task = predictor.task_class().load_from_checkpoint(args.checkpoint, map_location="cpu")
+    task = task_class(metadata["task"]).load_from_checkpoint(args.checkpoint, map_location="cpu")
     models: dict[str, Callable] = {"PyTorch eager": task.model.eval(), **exported}
     height, width = metadata["input_size"] if metadata["task"] == "pose" or not args.size else args.size
     generator = torch.Generator().manual_seed(0)

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from backbones._weights import load_weights
 
 from ._base import KestrelTask, backbone_name, file_sha256, kestrel_version
-from .quantize import DEFAULT_KEEP_FLOAT, Calibration, KeepFloat, quantize_int8
+from .quantize import DEFAULT_KEEP_FLOAT, QUANTIZED_OPS, Calibration, KeepFloat, quantize_int8
 from .runtime import METADATA_KEY, ONNX_SUFFIX, OPENVINO_SUFFIX, ExportedModel, _openvino, file_size_mb, run_images
 
 OPSET = 17
@@ -195,7 +195,7 @@ def export_task(trainer: pl.Trainer, task: KestrelTask, datamodule: pl.Lightning
             images = _images(datamodule, "train", calibration_images)
             metadata["int8"] = {"calibration_images": len(images), "calibration_split": datamodule.split_name("train"),
                                 "calibration": int8_calibration,
-                                "quantized": "Conv, ConvTranspose, MatMul, Gemm: weights per channel (int8), "
+                                "quantized": f"{', '.join(QUANTIZED_OPS)}: weights per channel (int8), "
                                              "activations per tensor (uint8)",
                                 "kept_in_float": list(int8_float)}
             int8_onnx = path if format == "onnx" else Path(scratch) / "model_int8.onnx"

@@ -1,4 +1,5 @@
-"""Models built from Kestrel's configs, outside any training run (``hubconf.py`` serves these).
+"""Models built from Kestrel's configs, outside any training run (``hubconf.py`` serves these), and the task
+class of each task name (:func:`task_class`).
 
 :func:`model_from_config` reads a task config's ``model`` section, fills what the data would link
 (class names, keypoint names, input size) and returns the task's network (``task.model``), with
@@ -17,21 +18,28 @@ from torch import nn
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-def _task_class(config: Path):
-    kind = config.name.split("_")[0]
-    if kind == "ssdlite":
+def task_class(task: str) -> type:
+    """The LightningModule of a task: ``detect``, ``segment`` or ``pose`` (imported when asked for)."""
+    if task == "detect":
         from .detect import DetectionTask
 
         return DetectionTask
-    if kind == "deeplabv3plus":
+    if task == "segment":
         from .segment import SegmentationTask
 
         return SegmentationTask
-    if kind == "pose":
+    if task == "pose":
         from .pose import PoseTask
 
         return PoseTask
-    raise ValueError(f"config {str(config)!r}: its name must start with ssdlite_, deeplabv3plus_ or pose_")
+    raise ValueError(f"task must be detect, segment or pose, got {task!r}")
+
+
+def _task_class(config: Path) -> type:
+    task = {"ssdlite": "detect", "deeplabv3plus": "segment", "pose": "pose"}.get(config.name.split("_")[0])
+    if task is None:
+        raise ValueError(f"config {str(config)!r}: its name must start with ssdlite_, deeplabv3plus_ or pose_")
+    return task_class(task)
 
 
 def model_from_config(

@@ -23,6 +23,7 @@ import torch
 
 from .data.images import read_image
 from .data.pose import apply_affine, box_to_center_scale, crop_matrix, cut_out, invert_affine
+from .hub import task_class
 from .runtime import Network, is_exported, load_exported, run_images
 
 ImageLike = str | Path | np.ndarray | torch.Tensor
@@ -74,10 +75,6 @@ class Predictor:
         self.device = torch.device(device)
 
     @classmethod
-    def task_class(cls):
-        raise NotImplementedError
-
-    @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", threads: int | None = None):
         """From a Kestrel checkpoint (``best.ckpt``: no config or data needed) or an exported file
         (``.onnx``, OpenVINO ``.xml``; run on the CPU with ``threads`` threads)."""
@@ -86,7 +83,7 @@ class Predictor:
             return cls(exported, exported.metadata)
         if not Path(path).is_file():
             raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-        task = cls.task_class().load_from_checkpoint(path, map_location=device)
+        task = task_class(cls.task).load_from_checkpoint(path, map_location=device)
         return cls(task.model.eval().to(device), task.metadata(), device)
 
     def run(self, images: list[torch.Tensor], batch_size: int = 16) -> list[dict[str, torch.Tensor]]:
@@ -104,12 +101,6 @@ class Detector(Predictor):
     """
 
     task = "detect"
-
-    @classmethod
-    def task_class(cls):
-        from .detect import DetectionTask
-
-        return DetectionTask
 
     @property
     def class_names(self) -> list[str]:
@@ -130,12 +121,6 @@ class Segmenter(Predictor):
 
     task = "segment"
 
-    @classmethod
-    def task_class(cls):
-        from .segment import SegmentationTask
-
-        return SegmentationTask
-
     @property
     def class_names(self) -> list[str]:
         return self.metadata["class_names"]
@@ -154,12 +139,6 @@ class PoseEstimator(Predictor):
     """
 
     task = "pose"
-
-    @classmethod
-    def task_class(cls):
-        from .pose import PoseTask
-
-        return PoseTask
 
     @property
     def keypoint_names(self) -> list[str]:
