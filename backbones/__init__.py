@@ -17,6 +17,7 @@ from ._features import (
     ensure_pyramid,
     level_name,
 )
+from ._inference import fold_batch_norms, inference_copy
 from ._registry import (
     ENTRY_POINT_GROUP,
     Backbone,
@@ -50,7 +51,9 @@ __all__ = [
     "check_pyramid",
     "check_pyramid_output",
     "ensure_pyramid",
+    "fold_batch_norms",
     "get_backbone_factory",
+    "inference_copy",
     "level_name",
     "list_backbones",
     "register_backbone",

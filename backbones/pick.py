@@ -18,14 +18,15 @@ import argparse
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import Backbone, list_backbones
+from . import Backbone, inference_copy, list_backbones
 
 TASKS = ("detect", "segment", "pose")
 RUNTIMES = ("eager", "onnx")
@@ -39,10 +40,8 @@ class _DetectorNetwork(nn.Module):
         self.detector = detector
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        from heads._input import resize
-
         side = self.detector.image_size
-        x = resize(self.detector.input(images), (side, side))
+        x = self.detector.input(images, (side, side))
         return self.detector.head(list(self.detector.backbone(x).values()))
 
 
@@ -51,8 +50,9 @@ def pose_width(height: int) -> int:
     return max(32, round(0.75 * height / 32) * 32)
 
 
-def build(task: str, name: str, size: int) -> tuple[nn.Module, tuple[int, int]]:
-    """The network ``python -m backbones pick`` times for ``task`` on backbone ``name``, and its input size.
+def build(task: str, name: str, size: int, **options) -> tuple[nn.Module, tuple[int, int]]:
+    """The network ``python -m backbones pick`` times for ``task`` on backbone ``name`` (with its ``options``,
+    e.g. ``width_mult``), and its input size.
 
     Raises:
         ValueError: the backbone cannot take the head's configuration (e.g. output stride 16).
@@ -61,14 +61,14 @@ def build(task: str, name: str, size: int) -> tuple[nn.Module, tuple[int, int]]:
         from heads.ssdlite import SSDLite
 
         try:
-            backbone = Backbone(name, levels=[16, 32], feature_location="expansion")
+            backbone = Backbone(name, levels=[16, 32], feature_location="expansion", options=options)
         except ValueError:  # no expansion layer to tap: the block outputs
-            backbone = Backbone(name, levels=[16, 32])
+            backbone = Backbone(name, levels=[16, 32], options=options)
         return _DetectorNetwork(SSDLite(backbone, num_classes=80, image_size=size)), (size, size)
     if task == "segment":
         from heads.deeplabv3plus import DeepLabV3Plus
 
-        return DeepLabV3Plus(Backbone(name, levels=[4, 32], output_stride=16), num_classes=20,
+        return DeepLabV3Plus(Backbone(name, levels=[4, 32], output_stride=16, options=options), num_classes=20,
                              image_size=size), (size, size)
     if task == "pose":
         from heads.pose import SimpleBaseline
@@ -76,34 +76,40 @@ def build(task: str, name: str, size: int) -> tuple[nn.Module, tuple[int, int]]:
 
         if size % 32:
             raise ValueError(f"pose crops are multiples of the stride 32, got --size {size}")
-        return SimpleBaseline(Backbone(name, levels=[32]), list(COCO_KEYPOINTS)), (size, pose_width(size))
+        network = SimpleBaseline(Backbone(name, levels=[32], options=options), list(COCO_KEYPOINTS))
+        return network, (size, pose_width(size))
     raise ValueError(f"task must be one of {TASKS}, got {task!r}")
 
 
 def measure(task: str, network: nn.Module, input_size: tuple[int, int], runtime: str = "eager", repeats: int = 10,
-            warmup: int = 3) -> dict[str, float]:
-    """Parameters (M), GFLOPs and the median latency (ms) of batch 1 of ``task``'s ``network`` in ``runtime``."""
+            warmup: int = 3, batches: Sequence[int] = (1,)) -> dict[str, Any]:
+    """Parameters (M), GFLOPs (of one image) and the median latency (ms) at each of ``batches`` of ``task``'s
+    ``network`` in ``runtime``: ``{"params", "gflops", "ms": {batch: ms}}``."""
     network.eval()
-    x = torch.randint(0, 256, (1, 3, *input_size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    inputs = {b: torch.randint(0, 256, (b, 3, *input_size), dtype=torch.uint8, generator=generator) for b in batches}
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        network(x)
+        network(inputs[batches[0]][:1])
     params = sum(p.numel() for p in network.parameters()) / 1e6
+    latency = {}
     with tempfile.TemporaryDirectory() as scratch:
         run = _runner(task, network, input_size, runtime, Path(scratch))
         with torch.inference_mode():
-            times = []
-            for i in range(warmup + repeats):
-                start = time.perf_counter()
-                run(x)
-                if i >= warmup:
-                    times.append(1e3 * (time.perf_counter() - start))
-    return {"params": params, "gflops": counter.get_total_flops() / 1e9, "ms": statistics.median(times)}
+            for batch, x in inputs.items():
+                times = []
+                for i in range(warmup + repeats):
+                    start = time.perf_counter()
+                    run(x)
+                    if i >= warmup:
+                        times.append(1e3 * (time.perf_counter() - start))
+                latency[batch] = statistics.median(times)
+    return {"params": params, "gflops": counter.get_total_flops() / 1e9, "ms": latency}
 
 
 def _runner(task: str, network: nn.Module, input_size: tuple[int, int], runtime: str, scratch: Path) -> Callable:
     if runtime == "eager":
-        return network
+        return inference_copy(network)  # as Kestrel runs it: batch norms folded, channels-last
     if runtime != "onnx":
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
     from tasks.export import export_onnx
@@ -129,7 +135,8 @@ def pick(task: str, size: int, budget_ms: float, names: list[str] | None = None,
         except (ValueError, TypeError, FileNotFoundError) as err:
             rows.append({"backbone": name, "error": str(err)})
             continue
-        rows.append({"backbone": name, **measure(task, network, input_size, runtime, repeats)})
+        timed = measure(task, network, input_size, runtime, repeats)
+        rows.append({"backbone": name, **timed, "ms": timed["ms"][1]})
     timed = sorted((r for r in rows if "ms" in r), key=lambda r: r["ms"])
     fits = [r for r in timed if r["ms"] <= budget_ms]
     return fits, [r for r in timed if r["ms"] > budget_ms] + [r for r in rows if "error" in r]

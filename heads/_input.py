@@ -35,48 +35,59 @@ def image_size(images: torch.Tensor) -> torch.Tensor:
 
 def _taps(length: torch.Tensor, size: int | torch.Tensor, extent: int | torch.Tensor, device: torch.device):
     """For each of ``size`` output positions along an axis of ``length`` pixels stretched over the first
-    ``extent`` of them: the two input pixels it lies between, the weight of the second (half-pixel
-    centres, clamped at the edges), and whether it is inside the stretched image."""
+    ``extent`` of them: the two input pixels it lies between and the weight of the second (half-pixel
+    centres, clamped at the edges)."""
     index = torch.arange(size, device=device)
     position = ((index + 0.5) * (length / extent) - 0.5).clamp(min=0)
     low = position.floor()
     weight = position - low
     last = length.long() - 1
     low = low.long().clamp(max=last)
-    return low, (low + 1).clamp(max=last), weight, (index < extent).float()
+    return low, (low + 1).clamp(max=last), weight
+
+
+def inside_mask(size: Sequence[int] | Sequence[torch.Tensor], extent: Sequence[int] | Sequence[torch.Tensor],
+                device: torch.device) -> torch.Tensor:
+    """``(size[0], size[1])`` float mask: 1 on the first ``extent`` rows and columns, 0 elsewhere."""
+    rows = (torch.arange(size[0], device=device) < extent[0]).float()
+    cols = (torch.arange(size[1], device=device) < extent[1]).float()
+    return rows[:, None] * cols
 
 
 def resize(x: torch.Tensor, size: Sequence[int] | Sequence[torch.Tensor],
            extent: Sequence[int] | Sequence[torch.Tensor] | None = None) -> torch.Tensor:
-    """Bilinear resize of ``(N, C, H, W)`` to ``size``, sampling as ``F.interpolate(mode="bilinear",
-    align_corners=False)`` (torchvision's detection transform) does, written with gathers. With
-    ``extent``, the image fills only the first ``extent`` rows and columns, the rest is zeros.
+    """Bilinear resize of ``(N, C, H, W)`` (any dtype; float out) to ``size``, sampling as
+    ``F.interpolate(mode="bilinear", align_corners=False)`` (torchvision's detection transform) does,
+    written with gathers. With ``extent``, the image fills only the first ``extent`` rows and columns,
+    the rest is zeros.
 
     ONNX's ``Resize`` and ``Pad`` would leave the work to each runtime: ONNX Runtime rounds the
     sampling positions differently (inputs 2e-6 apart, which deep networks amplify), and OpenVINO
     2026.4's CPU plugin fails outright when a size or padding is computed from the input. Gathers and
-    arithmetic run alike in PyTorch and every runtime.
+    arithmetic run alike in PyTorch and every runtime. Rows are gathered first, in the input's dtype
+    (a uint8 image is cast to float only at the output's height): that order moves the fewest bytes.
     """
+    padded = extent is not None
     extent = size if extent is None else extent
     height, width = image_size(x)
-    rows_low, rows_high, row_weight, rows_inside = _taps(height, size[0], extent[0], x.device)
-    cols_low, cols_high, col_weight, cols_inside = _taps(width, size[1], extent[1], x.device)
-    top, bottom = x.index_select(-2, rows_low), x.index_select(-2, rows_high)
-    x = (top + (bottom - top) * row_weight[:, None]) * rows_inside[:, None]
+    rows_low, rows_high, row_weight = _taps(height, size[0], extent[0], x.device)
+    cols_low, cols_high, col_weight = _taps(width, size[1], extent[1], x.device)
+    top, bottom = x.index_select(-2, rows_low).float(), x.index_select(-2, rows_high).float()
+    x = top + (bottom - top) * row_weight[:, None]
     left, right = x.index_select(-1, cols_low), x.index_select(-1, cols_high)
-    return (left + (right - left) * col_weight) * cols_inside
+    x = left + (right - left) * col_weight
+    return x * inside_mask(size, extent, x.device) if padded else x
 
 
-def fit_longer_side(x: torch.Tensor, side: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Resize ``x`` so that its longer side is ``side`` (aspect ratio kept), then pad bottom and right with
-    zeros to ``side x side``. Returns the padded batch and the ``(height, width)`` it fills, as a tensor."""
-    size = image_size(x)
-    inside = (size * (side / size.max())).round().clamp(min=1).long()
-    return resize(x, (side, side), (inside[0], inside[1])), inside
+def longer_side_extent(images: torch.Tensor, side: int) -> torch.Tensor:
+    """The ``(height, width)`` (a long tensor) that ``images`` fill when resized so that their longer side
+    is ``side``, the aspect ratio kept."""
+    size = image_size(images)
+    return (size * (side / size.max())).round().clamp(min=1).long()
 
 
 class ImageInput(nn.Module):
-    """uint8 RGB ``(N, 3, H, W)`` -> ``(x / 255 - mean) / std`` as float.
+    """uint8 RGB ``(N, 3, H, W)`` -> ``(x / 255 - mean) / std`` as float, optionally resized first.
 
     Args:
         mean: Per-channel mean of the [0, 1] images the weights expect.
@@ -91,7 +102,15 @@ class ImageInput(nn.Module):
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, size: Sequence[int] | None = None,
+                extent: Sequence[int] | Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """Normalized images; with ``size``, resized to it first (:func:`resize`; the pixels are resized,
+        not the normalized values, which costs the same arithmetic on fewer of them). With ``extent``
+        the image fills only that much of ``size`` and the rest is zeros (the mean colour)."""
         if not torch.jit.is_tracing():
             check_images(images, self.owner)
-        return (images.float() / 255 - self.mean) / self.std
+        # torchvision's arithmetic (GeneralizedRCNNTransform.normalize), so that its weights give its numbers
+        if size is None:
+            return (images.float() / 255 - self.mean) / self.std
+        x = (resize(images, size, extent) / 255 - self.mean) / self.std
+        return x if extent is None else x * inside_mask(size, extent, x.device)

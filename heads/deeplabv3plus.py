@@ -24,7 +24,7 @@ from torchvision.models.segmentation.fcn import FCNHead
 
 from backbones import Pyramid
 
-from ._input import ImageInput, fit_longer_side, image_size, resize
+from ._input import ImageInput, image_size, longer_side_extent, resize
 
 
 class DeepLabV3Plus(nn.Module):
@@ -99,10 +99,11 @@ class DeepLabV3Plus(nn.Module):
         self.input = ImageInput(image_mean or backbone.mean, image_std or backbone.std, "DeepLabV3Plus")
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = self.input(images)
         if self.training:
-            return self.logits(x)
-        x, inside = fit_longer_side(x, self.image_size)
+            return self.logits(self.input(images))
+        side = self.image_size
+        inside = longer_side_extent(images, side)  # the longer side fitted into the square, the rest padded
+        x = self.input(images, (side, side), (inside[0], inside[1]))
         logits = self.logits(x, aux=False)["out"][..., : inside[0], : inside[1]]
         return {"labels": resize(logits, image_size(images).long()).argmax(1)}
 

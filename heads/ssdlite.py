@@ -28,10 +28,15 @@ from torchvision.ops.boxes import clip_boxes_to_image
 
 from backbones import BackboneWithNeck, Pyramid, SSDLiteExtra
 
-from ._input import ImageInput, check_images, image_size, resize
+from ._input import ImageInput, check_images, image_size
 from ._nms import batched_nms
 
 _IGNORED = "num_batches_tracked"
+_TORCHVISION_LAYOUT = (
+    "torchvision's SSDLite fits backbone mobilenet_v3_large with levels [16, 32], feature_location expansion "
+    "and options {reduced_tail: true} (torchvision reduces the tail when trained without ImageNet backbone "
+    "weights, as its COCO weights were)"
+)
 
 
 class SSDLite(SSD):
@@ -136,12 +141,11 @@ class SSDLite(SSD):
         side = self.image_size
         if isinstance(images, torch.Tensor):
             sizes = image_size(images)[None].expand(images.shape[0], 2)
-            x = self.input(images)
-            if torch.jit.is_tracing() or tuple(x.shape[-2:]) != (side, side):
-                x = resize(x, (side, side))
+            resized = torch.jit.is_tracing() or tuple(images.shape[-2:]) != (side, side)
+            x = self.input(images, (side, side) if resized else None)
         else:  # torchvision's list of images of any sizes, each resized on its own
             sizes = torch.stack([image_size(image[None]) for image in images])
-            x = torch.cat([resize(self.input(image[None]), (side, side)) for image in images])
+            x = torch.cat([self.input(image[None], (side, side)) for image in images])
         features = list(self.backbone(x).values())
         outputs = self.head(features)
         anchors = self.anchor_generator(ImageList(x[:1], [(side, side)]), features)[0]
@@ -191,24 +195,7 @@ class SSDLite(SSD):
         Raises:
             ValueError: the weights do not fit this model; says what to change.
         """
-        source = [(k, v) for k, v in state_dict.items() if k.startswith("backbone.features.")]
-        target = list(self.backbone.body.state_dict(prefix="backbone.body.").items())
-        source = [(k, v) for k, v in source if not k.endswith(_IGNORED)]
-        target = [(k, v) for k, v in target if not k.endswith(_IGNORED)]
-        hint = (
-            "torchvision's SSDLite fits backbone mobilenet_v3_large with levels [16, 32], "
-            "feature_location expansion and options {reduced_tail: true} (torchvision reduces the tail "
-            "when trained without ImageNet backbone weights, as its COCO weights were)"
-        )
-        if len(source) != len(target):
-            raise ValueError(
-                f"torchvision SSDLite backbone has {len(source)} tensors, this model's {len(target)}: {hint}"
-            )
-        mapping = {}
-        for (src, s), (dst, d) in zip(source, target):
-            if src.rpartition(".")[2] != dst.rpartition(".")[2] or s.shape != d.shape:
-                raise ValueError(f"torchvision's {src} {tuple(s.shape)} does not fit {dst} {tuple(d.shape)}: {hint}")
-            mapping[src] = dst
+        mapping = self._backbone_mapping(state_dict)
         converted = {}
         for key, value in state_dict.items():
             if key.endswith(_IGNORED) and key.startswith("backbone.features."):
@@ -221,6 +208,54 @@ class SSDLite(SSD):
         if class_ids is not None:
             converted = _select_classes(converted, [0, *class_ids])
         return converted
+
+    def to_torchvision(self, template: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """This model's weights as a state dict of torchvision's ``ssdlite320_mobilenet_v3_large``: the inverse
+        of :meth:`from_torchvision`, keyed as ``template`` (the state dict of a torchvision SSDLite with
+        this model's class count, e.g. ``ssdlite320_mobilenet_v3_large(num_classes=num_classes + 1)``).
+
+        Raises:
+            ValueError: this model is not in torchvision's layout; says what to change.
+        """
+        mine = self.state_dict()
+        mapping = self._backbone_mapping(template)
+        converted = {}
+        for key, value in template.items():
+            if key in mapping:
+                ours = mapping[key]
+            elif key.endswith(_IGNORED) and key.startswith("backbone.features."):
+                converted[key] = value
+                continue
+            elif key.startswith("backbone.extra."):
+                ours = "backbone.neck." + key.removeprefix("backbone.")
+            else:
+                ours = key
+            if ours not in mine or mine[ours].shape != value.shape:
+                found = tuple(mine[ours].shape) if ours in mine else "nothing"
+                raise ValueError(f"torchvision's {key} {tuple(value.shape)} has no counterpart here ({ours}: {found}): "
+                                 f"{_TORCHVISION_LAYOUT}")
+            converted[key] = mine[ours]
+        return converted
+
+    def _backbone_mapping(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, str]:
+        """torchvision's backbone keys (``backbone.features.*``) -> this model's, matched in order and
+        checked name by name and shape by shape."""
+        source = [(k, v) for k, v in state_dict.items() if k.startswith("backbone.features.")]
+        target = list(self.backbone.body.state_dict(prefix="backbone.body.").items())
+        source = [(k, v) for k, v in source if not k.endswith(_IGNORED)]
+        target = [(k, v) for k, v in target if not k.endswith(_IGNORED)]
+        if len(source) != len(target):
+            raise ValueError(
+                f"torchvision SSDLite backbone has {len(source)} tensors, this model's {len(target)}: "
+                f"{_TORCHVISION_LAYOUT}"
+            )
+        mapping = {}
+        for (src, s), (dst, d) in zip(source, target):
+            if src.rpartition(".")[2] != dst.rpartition(".")[2] or s.shape != d.shape:
+                raise ValueError(f"torchvision's {src} {tuple(s.shape)} does not fit {dst} {tuple(d.shape)}: "
+                                 f"{_TORCHVISION_LAYOUT}")
+            mapping[src] = dst
+        return mapping
 
 
 def _select_classes(state: dict[str, torch.Tensor], keep: list[int]) -> dict[str, torch.Tensor]:

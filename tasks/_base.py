@@ -21,7 +21,7 @@ from pytorch_lightning.utilities.parsing import collect_init_args
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from backbones import Backbone, ensure_pyramid
+from backbones import Backbone, ensure_pyramid, inference_copy
 from backbones._weights import load_weights, read_state_dict
 
 from .metrics import gather_by_index
@@ -77,6 +77,8 @@ class KestrelTask(pl.LightningModule):
         scheduler: Builds the schedule from the optimizer and the training length.
         norm_weight_decay: Weight decay of norm weights and biases (None: the optimizer's).
         init_from: Weights for the whole model (a Kestrel checkpoint or state dict).
+        channels_last: Train in channels-last memory (faster convolutions), and keep the inference copy
+            that evaluates and predicts (:func:`backbones.inference_copy`: batch norms folded) in it too.
     """
 
     main_metric = "map"  # on the progress bar; each task sets its own
@@ -88,6 +90,7 @@ class KestrelTask(pl.LightningModule):
         scheduler: SchedulerCallable,
         norm_weight_decay: float | None,
         init_from: str | None,
+        channels_last: bool = True,
     ):
         super().__init__()
         self._save_arguments(inspect.currentframe())
@@ -95,7 +98,9 @@ class KestrelTask(pl.LightningModule):
         self.scheduler = scheduler
         self.norm_weight_decay = norm_weight_decay
         self.init_from = init_from
+        self.channels_last = channels_last
         self.exported: ExportedModel | None = None
+        self._inference: nn.Module | None = None  # the network as evaluation runs it
         self._initialized = False
         self._results: dict[int, Any] = {}
         self._started = 0.0
@@ -159,6 +164,8 @@ class KestrelTask(pl.LightningModule):
         if self.init_from and not self._initialized:
             self.load_init_weights(self.init_from)
         self._initialized = True
+        if stage == "fit" and self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
 
     def load_init_weights(self, path: str) -> None:
         """Load ``init_from`` strictly; a Lightning checkpoint of the task loses its ``model.`` prefix."""
@@ -199,7 +206,13 @@ class KestrelTask(pl.LightningModule):
         """Per image, the network's decoded outputs (``self.model``, or the exported file in use)."""
         if self.exported is not None:
             return [{k: v.to(self.device) for k, v in r.items()} for r in run_images(self.exported, images)]
-        return run_images(self.model, images)
+        return run_images(self._inference or self.model, images)
+
+    def _start_evaluation(self) -> None:
+        """Per-image results start afresh; the network is copied for inference with the weights of now."""
+        self._results = {}
+        copy = inference_copy(self.model, self.channels_last) if self.exported is None else None
+        object.__setattr__(self, "_inference", copy)  # not a submodule: no checkpoint, device move or DDP sync
 
     # per-image results of validate / test / predict
     def keep(self, index: int, result: Any) -> None:
@@ -209,14 +222,17 @@ class KestrelTask(pl.LightningModule):
         return gather_by_index(self._results)
 
     def on_validation_epoch_start(self) -> None:
-        self._results = {}
+        self._start_evaluation()
+
+    def on_train_epoch_start(self) -> None:
+        object.__setattr__(self, "_inference", None)  # the weights it copied are changing
 
     def on_test_epoch_start(self) -> None:
-        self._results = {}
+        self._start_evaluation()
         self._started = time.perf_counter()
 
     def on_predict_epoch_start(self) -> None:
-        self._results = {}
+        self._start_evaluation()
 
     # evaluation, shared by every task
     def collect(self, batch) -> Any:

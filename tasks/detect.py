@@ -60,6 +60,8 @@ class DetectionTask(KestrelTask):
         init_from: Weights for the whole model: a Kestrel checkpoint or state dict, or a state dict
             saved from torchvision's ``ssdlite320_mobilenet_v3_large`` (with torchvision's 91-class
             COCO layout remapped to the data's categories, or any matching class count).
+        channels_last: Train, and run for inference, in channels-last memory (faster convolutions on
+            CPUs and GPUs; README, "Speed").
     """
 
     main_metric = "map"
@@ -76,8 +78,9 @@ class DetectionTask(KestrelTask):
         scheduler: SchedulerCallable = WarmupCosineLR,
         norm_weight_decay: float | None = 0.0,
         init_from: str | None = None,
+        channels_last: bool = True,
     ):
-        super().__init__(optimizer, scheduler, norm_weight_decay, init_from)
+        super().__init__(optimizer, scheduler, norm_weight_decay, init_from, channels_last)
         self.set_classes(class_names, category_ids)
         self.image_size = image_size
         self.model = head(self.pyramid(backbone), self.num_classes, image_size)
@@ -204,11 +207,14 @@ class DetectionTask(KestrelTask):
         print(f"Predictions: {folder / 'detections.json'} ({len(entries)} detections on {len(results)} images)")
 
 
+# What the data tells the model (LightningCLI links them when both are built from a config).
+LINKS = {"data.class_names": "model.class_names", "data.category_ids": "model.category_ids",
+         "data.image_size": "model.image_size"}
+
+
 def cli_main(args: list[str] | None = None) -> KestrelCLI:
     """Run the detection command line (``args`` as on the command line; ``sys.argv`` if None)."""
-    links = {"data.class_names": "model.class_names", "data.category_ids": "model.category_ids",
-             "data.image_size": "model.image_size"}
-    return KestrelCLI(DetectionTask, DetectionData, monitor="val/map", links=links, args=args)
+    return KestrelCLI(DetectionTask, DetectionData, monitor="val/map", links=LINKS, args=args)
 
 
 if __name__ == "__main__":

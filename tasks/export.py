@@ -31,7 +31,16 @@ from backbones._weights import load_weights
 
 from ._base import KestrelTask, backbone_name, file_sha256, kestrel_version
 from .quantize import DEFAULT_KEEP_FLOAT, QUANTIZED_OPS, Calibration, KeepFloat, quantize_int8
-from .runtime import METADATA_KEY, ONNX_SUFFIX, OPENVINO_SUFFIX, ExportedModel, _openvino, file_size_mb, run_images
+from .runtime import (
+    METADATA_KEY,
+    ONNX_SUFFIX,
+    OPENVINO_SUFFIX,
+    ExportedModel,
+    _openvino,
+    file_size_mb,
+    openvino_core,
+    run_images,
+)
 
 OPSET = 17
 CHECK_IMAGES = 8
@@ -46,14 +55,20 @@ def example_input(metadata: dict[str, Any]) -> torch.Tensor:
     return torch.randint(0, 256, (1, 3, height + 37, width + 21), dtype=torch.uint8)
 
 
-def export_onnx(network: nn.Module, path: str | Path, metadata: dict[str, Any]) -> Path:
-    """Write ``network`` (in eval mode, on the CPU) to ``path`` as ONNX with ``metadata``."""
+def export_onnx(network: nn.Module, path: str | Path, metadata: dict[str, Any],
+                example: torch.Tensor | None = None) -> Path:
+    """Write ``network`` (in eval mode, on the CPU) to ``path`` as ONNX with ``metadata``.
+
+    Traced on :func:`example_input` (the image size stays dynamic, pose's crops excepted), or on
+    ``example`` for a network of one input size (only the batch stays dynamic).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    example = example_input(metadata)
+    fixed_size = example is not None or metadata["task"] == "pose"
+    example = example_input(metadata) if example is None else example
     with torch.no_grad():
         outputs = list(network(example))
-    dynamic = {0: "batch"} if metadata["task"] == "pose" else {0: "batch", 2: "height", 3: "width"}
+    dynamic = {0: "batch"} if fixed_size else {0: "batch", 2: "height", 3: "width"}
     axes = {"images": dynamic, **{name: {0: "batch"} for name in outputs}}
     if metadata["task"] == "segment":
         axes["labels"] = {0: "batch", 1: "height", 2: "width"}
@@ -82,7 +97,7 @@ def onnx_to_openvino(onnx_path: str | Path, xml_path: str | Path, metadata: dict
     Read by the runtime's ONNX frontend rather than ``openvino.convert_model``, whose converter sends
     usage telemetry unless its user opted out."""
     ov = _openvino()
-    model = ov.Core().read_model(str(onnx_path))
+    model = openvino_core().read_model(str(onnx_path))
     model.set_rt_info(json.dumps(metadata), [METADATA_KEY])
     xml_path = Path(xml_path)
     xml_path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,7 +161,7 @@ def faithful(task: str, stats: dict[str, float]) -> bool:
     return stats["unmatched"] == 0 and stats["candidate_detections"] == stats["detections"]
 
 
-def _images(datamodule: pl.LightningDataModule, stage: str, count: int, seed: int = 0) -> list[torch.Tensor]:
+def split_images(datamodule: pl.LightningDataModule, stage: str, count: int, seed: int = 0) -> list[torch.Tensor]:
     """``count`` images of a split as the network takes them (evaluation items: no augmentation), a
     fixed random choice."""
     dataset = datamodule.dataset(datamodule.split(stage), train=False)
@@ -187,12 +202,13 @@ def export_task(trainer: pl.Trainer, task: KestrelTask, datamodule: pl.Lightning
         "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     started = time.perf_counter()
+    path.parent.mkdir(parents=True, exist_ok=True)  # INT8 and OpenVINO write it from the scratch ONNX file
     with tempfile.TemporaryDirectory() as scratch:
         onnx_path = path if format == "onnx" and not int8 else Path(scratch) / "model.onnx"
         print(f"Exporting {metadata['network']} on {metadata['backbone']} to ONNX (opset {OPSET})")
         export_onnx(network, onnx_path, {**metadata, "format": "onnx", "precision": "fp32"})
         if int8:
-            images = _images(datamodule, "train", calibration_images)
+            images = split_images(datamodule, "train", calibration_images)
             metadata["int8"] = {"calibration_images": len(images), "calibration_split": datamodule.split_name("train"),
                                 "calibration": int8_calibration,
                                 "quantized": f"{', '.join(QUANTIZED_OPS)}: weights per channel (int8), "
@@ -209,7 +225,7 @@ def export_task(trainer: pl.Trainer, task: KestrelTask, datamodule: pl.Lightning
             onnx_to_openvino(onnx_path, path, metadata)
     print(f"Wrote {path} ({file_size_mb(path):.2f} MB) in {time.perf_counter() - started:.0f} s")
     if datamodule is not None:
-        _check(task.task, network, path, _images(datamodule, "val", CHECK_IMAGES), int8)
+        _check(task.task, network, path, split_images(datamodule, "val", CHECK_IMAGES), int8)
     print(path)
     return path
 

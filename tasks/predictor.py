@@ -21,6 +21,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from backbones import inference_copy
+
 from .data.images import read_image
 from .data.pose import apply_affine, box_to_center_scale, crop_matrix, cut_out, invert_affine
 from .hub import task_class
@@ -84,7 +86,7 @@ class Predictor:
         if not Path(path).is_file():
             raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
         task = task_class(cls.task).load_from_checkpoint(path, map_location=device)
-        return cls(task.model.eval().to(device), task.metadata(), device)
+        return cls(inference_copy(task.model.to(device)), task.metadata(), device)  # batch norms folded
 
     def run(self, images: list[torch.Tensor], batch_size: int = 16) -> list[dict[str, torch.Tensor]]:
         with torch.inference_mode():

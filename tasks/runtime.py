@@ -9,6 +9,7 @@ with the module's behaviour, and :func:`run_images` runs either on a list of ima
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -96,7 +97,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         properties = {p.key: p.value for p in model.metadata_props}
         text = properties.get(METADATA_KEY)
     elif path.suffix.lower() == OPENVINO_SUFFIX:
-        model = _openvino().Core().read_model(str(path))
+        model = openvino_core().read_model(str(path))
         text = model.get_rt_info([METADATA_KEY]).astype(str) if model.has_rt_info([METADATA_KEY]) else None
     else:
         raise ValueError(f"{str(path)!r} is not an exported model: expected {' or '.join(EXPORTED_SUFFIXES)}")
@@ -114,6 +115,18 @@ def _openvino():
     return openvino
 
 
+@functools.cache
+def openvino_core():
+    """The process's one OpenVINO ``Core``, kept until exit.
+
+    One: a Core's first compiled model installs an alternate signal stack on the calling thread, and a
+    destroyed Core puts back the one it found, so Cores destroyed in another order than they were made
+    leave a freed stack installed (OpenVINO 2026.4.1); the next signal delivered on it — a DataLoader
+    worker's or a subprocess's exit — crashes the process (seen in the test suite, and tested).
+    """
+    return _openvino().Core()
+
+
 class ExportedModel:
     """An exported file run by its runtime, callable like the network it came from.
 
@@ -122,9 +135,11 @@ class ExportedModel:
     Args:
         path: The file.
         threads: Intra-op threads (None: the runtime's default, one per physical core).
+        spinning: Whether ONNX Runtime's threads keep spinning after a call (its default; the next call
+            starts sooner). Off for timing beside other models, whose calls the spinning would slow.
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None):
+    def __init__(self, path: str | Path, threads: int | None = None, spinning: bool = True):
         self.path = Path(path)
         self.metadata = read_metadata(self.path)
         self.threads = threads
@@ -135,13 +150,16 @@ class ExportedModel:
             if threads:
                 options.intra_op_num_threads = threads
                 options.inter_op_num_threads = 1
+            if not spinning:
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self._session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
             self._outputs = [o.name for o in self._session.get_outputs()]
             self.runtime = f"onnxruntime {onnxruntime.__version__} (CPUExecutionProvider)"
         else:
-            ov = _openvino()
-            config = {"INFERENCE_NUM_THREADS": threads} if threads else {}
-            self._compiled = ov.Core().compile_model(str(self.path), "CPU", config)
+            # OpenVINO computes in bfloat16 by default on CPUs that have it (AVX512-BF16, AMX): a float file
+            # would then not give its float outputs (tested)
+            config = {"INFERENCE_PRECISION_HINT": "f32", **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
+            self._compiled = openvino_core().compile_model(str(self.path), "CPU", config)
             self._outputs = [o.get_any_name() for o in self._compiled.outputs]
             self.runtime = f"openvino {_version('openvino')} (CPU)"
 

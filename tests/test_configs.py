@@ -6,18 +6,19 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tasks.hub import config_task
+
 ROOT = Path(__file__).parents[1] / "configs"
 CONFIGS = sorted(ROOT.rglob("*.yaml"))
-TASK_OF = {"ssdlite": "detect", "deeplabv3plus": "segment", "pose": "pose"}
 
 
 def test_every_config_belongs_to_a_task():
-    assert CONFIGS and all(p.name.split("_")[0] in TASK_OF for p in CONFIGS)
+    assert CONFIGS and all(config_task(p) in ("detect", "segment", "pose") for p in CONFIGS)
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_config_parses(config, capsys):
-    task = importlib.import_module(f"tasks.{TASK_OF[config.name.split('_')[0]]}")
+    task = importlib.import_module(f"tasks.{config_task(config)}")
     with pytest.raises(SystemExit) as exit_info:
         task.cli_main(["fit", "--config", str(config), "--print_config"])
     assert exit_info.value.code in (0, None)

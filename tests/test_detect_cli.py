@@ -11,7 +11,7 @@ import torch
 from cli_runs import check_report, demo_args, latest_version, read_metrics, threads
 from PIL import Image
 
-from tasks import bench
+from tasks.benchmark.__main__ import main as benchmark
 from tasks.data.synthetic import CATEGORIES, VOC_SYNTHETIC_CLASSES, generate
 from tasks.detect import DetectionTask, cli_main
 from tasks.export import agreement, faithful, write_onnx_metadata
@@ -191,8 +191,8 @@ def test_int8_is_smaller_and_close(data, trained, checkpoint_metrics, capsys, tm
 
 def test_int8_options_reach_the_quantizer(data, trained, capsys, tmp_path):
     every = export(data, trained, capsys, "--int8", "true", "--int8_calibration", "minmax", "--int8_float", "[]",
-                   "--calibration_images", "4", "--output", str(tmp_path / "all.onnx"))
-    assert every == tmp_path / "all.onnx" and float_convs(every) == set()
+                   "--calibration_images", "4", "--output", str(tmp_path / "new" / "all.onnx"))
+    assert every == tmp_path / "new" / "all.onnx" and float_convs(every) == set()  # its folder made first
     settings = read_metadata(every)["int8"]
     assert (settings["calibration"], settings["kept_in_float"], settings["calibration_images"]) == ("minmax", [], 4)
 
@@ -242,9 +242,9 @@ def test_exporting_an_exported_file_or_testing_a_foreign_one_is_refused(data, tr
         cli_main(["test", *small(data / "coco", tmp_path / "run", "--ckpt_path", str(other))])
 
 
-def test_bench_times_the_checkpoint_beside_its_exports(data, trained, capsys):
+def test_benchmark_times_the_checkpoint_beside_its_exports(data, trained, capsys):
     onnx_path = export(data, trained, capsys)
-    bench.main(["runtimes", best_checkpoint(trained), str(onnx_path), "--size", "60", "80", "--batch", "1", "2",
+    benchmark(["runtimes", best_checkpoint(trained), str(onnx_path), "--size", "60", "80", "--batch", "1", "2",
                 "--repeats", "2", "--threads", "1"])
     table = capsys.readouterr().out
     assert "input uint8 60x80" in table and "| runtime | file size (MB) | batch 1 (ms) | batch 2 (ms) |" in table

@@ -4,6 +4,10 @@ Detections one for one (same classes, boxes within 1e-3 px), segmentation labels
 pixels, keypoints within 0.1 px, on images of other sizes and batch sizes than the one traced.
 """
 
+import ctypes
+import gc
+import sys
+
 import numpy as np
 import onnx
 import pytest
@@ -16,7 +20,7 @@ from heads.pose import SimpleBaseline
 from heads.ssdlite import SSDLite
 from tasks.export import agreement, export_onnx, faithful, onnx_to_openvino
 from tasks.quantize import conv_nodes
-from tasks.runtime import ExportedModel, read_metadata, run_images
+from tasks.runtime import ExportedModel, openvino_core, read_metadata, run_images
 
 # Large networks: minutes each to build, export and run on two cores (make test-all runs them).
 HEAVY = {"efficientnet_b4", "efficientnet_b5", "efficientnet_b6", "efficientnet_b7", "efficientnet_v2_m",
@@ -115,6 +119,35 @@ def test_openvino_gives_pytorchs_outputs(task, tmp_path):
         expected = run_images(network, inputs)
     stats = agreement(task, expected, run_images(exported, inputs), box_tolerance=1e-3)
     assert faithful(task, stats), stats
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads the thread's signal stack through glibc")
+def test_openvino_files_share_one_core_and_its_signal_stack(tmp_path):
+    """Each OpenVINO Core's first compiled model installs an alternate signal stack, and a destroyed Core puts
+    back the one it found: two Cores destroyed in the order they were made left a freed stack installed, and
+    the next DataLoader worker's exit crashed the process. Kestrel's files share one Core that lives on."""
+    build, metadata, _ = TASKS["pose"]
+    metadata = {"task": "pose", **metadata}
+    path = onnx_to_openvino(export_onnx(build("mobilenet_v3_small"), tmp_path / "model.onnx", metadata),
+                            tmp_path / "model.xml", metadata)
+    first = ExportedModel(path, threads=1)
+    installed = signal_stack()
+    second = ExportedModel(path, threads=1)
+    assert signal_stack() == installed  # no second stack: no second Core
+    del first, second
+    gc.collect()
+    assert signal_stack() == installed and openvino_core() is openvino_core()
+
+
+def signal_stack() -> tuple[int, int]:
+    """The calling thread's alternate signal stack (sigaltstack): its address and size."""
+
+    class Stack(ctypes.Structure):
+        _fields_ = [("sp", ctypes.c_void_p), ("flags", ctypes.c_int), ("size", ctypes.c_size_t)]
+
+    current = Stack()
+    assert ctypes.CDLL(None).sigaltstack(None, ctypes.byref(current)) == 0
+    return current.sp or 0, current.size
 
 
 def test_the_file_carries_the_contracts_interface_and_metadata(tmp_path):

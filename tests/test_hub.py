@@ -47,3 +47,21 @@ def test_weights_load_into_the_hub_model(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
     with pytest.raises(FileNotFoundError, match="no_such.yaml"):
         model_from_config("configs/no_such.yaml")
+
+
+def test_a_config_with_its_data_builds_what_the_cli_builds(tmp_path):
+    """The data module of a config's data section, and the task with what the data links (class names, ids, size)."""
+    from tasks.data.synthetic import CATEGORIES, generate
+    from tasks.hub import data_from_config, task_from_config
+
+    root = generate(tmp_path, train=2, val=2, seed=1, progress=False) / "coco"
+    config = Path(REPO) / "configs" / "demo" / "ssdlite_mbv3_shapes.yaml"
+    data = data_from_config(config, root=str(root), image_size=96)
+    assert data.image_size == 96 and data.batch_size == 8  # the config's own keys, overridden ones replaced
+    task = task_from_config(config, data=data)
+    assert task.class_names == list(CATEGORIES.values()) and task.category_ids == sorted(CATEGORIES)
+    assert task.image_size == 96 and task.model.image_size == 96
+    other = tmp_path / "other.yaml"
+    other.write_text("{}")
+    with pytest.raises(ValueError, match="must start with ssdlite"):
+        task_from_config(other)

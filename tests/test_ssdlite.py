@@ -64,10 +64,10 @@ def test_torchvision_weights_through_init_from_give_torchvision_detections(tmp_p
         for got, row in ((listed, i), (one_by_one[i], 0)):
             n = int(got["num_detections"][row])
             assert n == len(e["boxes"]) and (got["labels"][row, n:] == 0).all() and (got["scores"][row, n:] == 0).all()
-        if i == 0:  # 320x320 needs no resize, and it is the first of torchvision's batch too: the same numbers
-            torch.testing.assert_close(listed["boxes"][0, :n], e["boxes"], atol=1e-4, rtol=0)
-            torch.testing.assert_close(listed["scores"][0, :n], e["scores"], atol=1e-4, rtol=0)
-            torch.testing.assert_close(listed["labels"][0, :n], e["labels"])
+        if i == 0:  # 320x320 needs no resize, and it is the first of torchvision's batch too: the same numbers,
+            # detection for detection (equal scores may come out of top-k in either order, hence matched)
+            stats = agreement("detect", [e], unbatch({k: v[:1] for k, v in listed.items()}), box_tolerance=1e-4)
+            assert faithful("detect", stats) and stats["max_score_diff"] <= 1e-5, stats
     # Kestrel resizes with gathers that round sampling positions on their own (heads._input.resize), 1e-6 relative
     # from F.interpolate, and a batch of one runs other convolution kernels than torchvision's batch of three
     # (1e-4 apart already in the backbone's features): near-tied detections may swap places, so they are matched

@@ -1,0 +1,101 @@
+"""``python -m tasks.benchmark [--grid | training | runtimes]``; see ``tasks.benchmark``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __doc__ as overview
+from .run import DEFAULT_CONFIGS
+from .subjects import RUNTIMES
+
+
+def _main_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tasks.benchmark", description=overview.split("\n\n")[0],
+        epilog="Subcommands: `python -m tasks.benchmark training --help`, `python -m tasks.benchmark runtimes --help`.")
+    parser.add_argument("configs", nargs="*", help="task configs (paths or names in configs/); default: the three "
+                        "demo configs and the COCO configs")
+    parser.add_argument("--ckpt_path", default="best", help="best / last (the newest under each config's "
+                        "trainer.default_root_dir), a checkpoint path (one config), or none: untrained weights")
+    parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES)
+    parser.add_argument("--no-references", action="store_true", help="leave torchvision's reference models out")
+    parser.add_argument("--no-accuracy", action="store_true", help="time only; do not run `test` on each form")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--repeats", type=int, default=10, help="timed calls per form and batch size")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--size", type=int, nargs=2, default=[480, 640], metavar=("H", "W"),
+                        help="input images of detection and segmentation (pose: crops at its input size)")
+    parser.add_argument("--calibration-images", type=int, default=64)
+    parser.add_argument("--out", default="runs/benchmark", help="output folder")
+    parser.add_argument("--grid", action="store_true", help="the width x resolution grid of SSDLite on MobileNetV2 "
+                        "and V3 instead (see --grid-runtime)")
+    parser.add_argument("--grid-runtime", default="onnx", choices=("eager", "onnx"))
+    return parser
+
+
+def _training(argv: list[str]) -> None:
+    from .training import training
+
+    parser = argparse.ArgumentParser(
+        prog="python -m tasks.benchmark training",
+        description="training loader, bare torchvision loop (detection) and fit: images per second")
+    parser.add_argument("--config", default="configs/demo/ssdlite_mbv3_shapes.yaml",
+                        help="a task config (default: the demo detector's)")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--out", default="runs/benchmark/training")
+    args = parser.parse_args(argv)
+    training(Path(args.config), args.steps, args.warmup, Path(args.out))
+
+
+def _runtimes(argv: list[str]) -> None:
+    from .runtimes import runtimes
+
+    parser = argparse.ArgumentParser(prog="python -m tasks.benchmark runtimes",
+                                     description="a checkpoint in PyTorch beside its exported files")
+    parser.add_argument("checkpoint", help="a Kestrel checkpoint (best.ckpt)")
+    parser.add_argument("exported", nargs="+", help="its exported files (.onnx, OpenVINO .xml)")
+    parser.add_argument("--size", type=int, nargs=2, default=[480, 640], metavar=("H", "W"),
+                        help="input images (default 480 640; pose: the crop size)")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args(argv)
+    try:
+        runtimes(args.checkpoint, args.exported, tuple(args.size), args.batch, args.threads, args.repeats)
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["training"]:
+        _training(argv[1:])
+        return 0
+    if argv[:1] == ["runtimes"]:
+        _runtimes(argv[1:])
+        return 0
+    parser = _main_parser()
+    args = parser.parse_args(argv)
+    if any(b < 1 for b in args.batch) or args.repeats < 1:
+        parser.error("--batch sizes and --repeats must be positive")
+    if args.grid:
+        from .grid import grid
+
+        grid(runtime=args.grid_runtime, batches=args.batch, repeats=args.repeats, threads=args.threads, out=args.out)
+        return 0
+    from .run import run
+
+    try:
+        run(args.configs or DEFAULT_CONFIGS, None if args.ckpt_path == "none" else args.ckpt_path, args.runtimes,
+            not args.no_references, args.batch, args.repeats, args.threads, tuple(args.size),
+            args.calibration_images, not args.no_accuracy, args.out)
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

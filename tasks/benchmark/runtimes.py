@@ -1,0 +1,49 @@
+"""``python -m tasks.benchmark runtimes CKPT FILES...``: a checkpoint in eager PyTorch beside its exported
+files (ONNX Runtime, OpenVINO, INT8), each called on the same uint8 batches, pre- and post-processing
+included, the models taking turns (``tasks.benchmark.timing``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from backbones import inference_copy
+
+from ..hub import task_class
+from ..runtime import ExportedModel, file_size_mb, is_exported
+from .machine import describe_machine, machine_line
+from .timing import interleaved, milliseconds, summary
+
+
+def runtimes(checkpoint: str | Path, files: Sequence[str | Path], size: tuple[int, int] = (480, 640),
+             batches: Sequence[int] = (1, 8), threads: int = 2, repeats: int = 20,
+             say: Callable[[str], None] = print) -> dict[str, dict[int, dict[str, float]]]:
+    """Time ``checkpoint`` and its exported ``files``; print a table; return the milliseconds by model and batch."""
+    files = [Path(f) for f in files]
+    if not files or any(not is_exported(f) for f in files):
+        raise ValueError("runtimes compares a checkpoint with exported .onnx / .xml files")
+    torch.set_num_threads(threads)
+    exported = {f.name: ExportedModel(f, threads=threads, spinning=False) for f in files}
+    metadata = next(iter(exported.values())).metadata
+    task = task_class(metadata["task"]).load_from_checkpoint(checkpoint, map_location="cpu")
+    models: dict[str, Callable] = {"PyTorch eager": inference_copy(task.model), **exported}
+    height, width = metadata["input_size"] if metadata["task"] == "pose" else size
+    generator = torch.Generator().manual_seed(0)
+    inputs = {b: torch.randint(0, 256, (b, 3, height, width), dtype=torch.uint8, generator=generator) for b in batches}
+    times = interleaved(models, {name: inputs for name in models}, repeats)
+    say(f"{machine_line(describe_machine(threads))}\n\ninput uint8 {height}x{width}, pre- and post-processing "
+        f"included; median (25th-75th percentile) of {repeats} calls, models taking turns\n")
+    header = ["runtime", "file size (MB)", *(f"batch {b} (ms)" for b in batches)]
+    say("| " + " | ".join(header) + " |\n|---|" + "---:|" * (len(header) - 1))
+    checkpoint_mb = sum(p.numel() * p.element_size() for p in task.model.state_dict().values()) / 1e6
+    result = {}
+    for name, model in models.items():
+        eager = name == "PyTorch eager"
+        runtime = name if eager else f"{model.runtime.split(' (')[0]}: {name}"
+        stats = {b: summary(t) for b, t in times[name].items()}
+        result[name] = stats
+        size_mb = checkpoint_mb if eager else file_size_mb(model.path)
+        say(f"| {runtime} | {size_mb:.2f} | " + " | ".join(milliseconds(s) for s in stats.values()) + " |")
+    return result

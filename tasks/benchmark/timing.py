@@ -1,0 +1,58 @@
+"""Wall-clock timing that survives a shared machine: models take turns, and every turn starts untimed.
+
+A busy moment of the machine should slow every model alike, so the models run in rounds, each its
+turn of a few calls per batch size. The first call of a turn is not timed: runtimes leave their
+worker threads spinning for a while after a call (ONNX Runtime's pool, OpenMP's), and that spin
+would be charged to whichever model runs next. ONNX Runtime sessions made for timing do not spin at
+all (``tasks.runtime.ExportedModel(..., spinning=False)``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def interleaved(models: Mapping[str, Callable[[Any], object]], batches: Mapping[str, Mapping[int, Any]], repeats: int,
+                rounds: int = 5, progress: Callable[[str], None] | None = None) -> dict[str, dict[int, list[float]]]:
+    """Milliseconds of ``repeats`` calls of each model on each batch.
+
+    Args:
+        models: Name -> callable taking a batch.
+        batches: For each model, batch size -> what it is called with.
+        repeats: Timed calls per model and batch size.
+        rounds: How many turns ``repeats`` are spread over (each turn one untimed call first).
+        progress: Told each round's number as it starts.
+    """
+    rounds = max(1, min(rounds, repeats))
+    per_turn = math.ceil(repeats / rounds)
+    times: dict[str, dict[int, list[float]]] = {name: {} for name in models}
+    with torch.inference_mode():
+        for round_ in range(rounds):
+            if progress:
+                progress(f"round {round_ + 1}/{rounds}")
+            for name, model in models.items():
+                for size, batch in batches[name].items():
+                    model(batch)  # untimed: the previous model's threads may still be spinning
+                    samples = times[name].setdefault(size, [])
+                    for _ in range(min(per_turn, repeats - len(samples))):
+                        start = time.perf_counter()
+                        model(batch)
+                        samples.append(1e3 * (time.perf_counter() - start))
+    return times
+
+
+def summary(samples: list[float]) -> dict[str, float]:
+    """Median and the 25th-75th percentile spread of milliseconds."""
+    return {"median": float(np.median(samples)), "p25": float(np.percentile(samples, 25)),
+            "p75": float(np.percentile(samples, 75))}
+
+
+def milliseconds(stats: dict[str, float]) -> str:
+    """``12.3 (11.9-12.8)``."""
+    return f"{stats['median']:.1f} ({stats['p25']:.1f}-{stats['p75']:.1f})"

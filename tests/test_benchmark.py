@@ -1,0 +1,148 @@
+"""``python -m tasks.benchmark``: every form of a trained detector timed, scored and compared, torchvision's
+references beside it; the machine stated; the grid; the training rates."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from cli_runs import DEMO_CONFIGS, read_metrics
+from PIL import Image
+
+from tasks.benchmark import grid, machine_line, run, training
+from tasks.benchmark.__main__ import main
+from tasks.benchmark.machine import describe_machine, has_int8_instructions
+from tasks.benchmark.subjects import reference_subject
+from tasks.benchmark.timing import interleaved, summary
+from tasks.data.synthetic import generate
+from tasks.detect import cli_main
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("shapes"), train=12, val=5, seed=5, progress=False)
+
+
+@pytest.fixture(scope="module")
+def config(data, tmp_path_factory):
+    """The demo detection config on the test data, shrunk (96 px, batches of 4, no workers), its run trained."""
+    folder = tmp_path_factory.mktemp("benchmark")
+    run_dir = folder / "run"
+    section = yaml.safe_load((DEMO_CONFIGS / "ssdlite_mbv3_shapes.yaml").read_text())
+    section["trainer"].update(default_root_dir=str(run_dir), max_epochs=2)
+    section["data"].update(root=str(data / "coco"), image_size=96, batch_size=4, num_workers=0)
+    path = folder / "ssdlite_mbv3_tiny.yaml"
+    path.write_text(yaml.safe_dump(section))
+    cli_main(["fit", "--config", str(path), "--trainer.enable_progress_bar", "false",
+              "--model.scheduler.init_args.warmup_steps", "2"])
+    return path
+
+
+def test_machine_states_what_decides_speed():
+    machine = describe_machine(threads=2)
+    assert machine["threads"] == 2 and machine["cores"] >= 1 and machine["cpu"]
+    assert {"torch", "onnxruntime", "kestrel-vision"} <= set(machine["libraries"])
+    line = machine_line(machine)
+    assert machine["cpu"] in line and "2 thread(s) used" in line and machine["date"] in line
+    assert has_int8_instructions(["AVX2", "AVX512-VNNI"]) and not has_int8_instructions(["AVX2", "AVX-512"])
+    assert ("has no int8 dot-product" in line) != machine["int8_instructions"]
+
+
+def test_models_take_turns_and_each_turn_starts_untimed():
+    calls = []
+    models = {name: (lambda x, name=name: calls.append((name, x))) for name in ("a", "b")}
+    times = interleaved(models, {"a": {1: 1, 2: 2}, "b": {1: 1}}, repeats=4, rounds=2)
+    assert {k: {b: len(t) for b, t in v.items()} for k, v in times.items()} == {"a": {1: 4, 2: 4}, "b": {1: 4}}
+    # a round: a's batch 1 (1 untimed + 2), a's batch 2 (1 + 2), b's batch 1 (1 + 2); twice
+    assert [name for name, _ in calls] == (["a"] * 6 + ["b"] * 3) * 2
+    stats = summary([1.0, 2.0, 3.0, 10.0])
+    assert stats["median"] == 2.5 and stats["p25"] <= stats["median"] <= stats["p75"]
+
+
+def test_a_trained_detector_in_every_form(config, tmp_path, capsys):
+    run_dir = Path(yaml.safe_load(config.read_text())["trainer"]["default_root_dir"])
+    checkpoint = next(run_dir.glob("lightning_logs/*/checkpoints/best.ckpt"))
+    out = tmp_path / "bench"
+    result = run([config], "best", ["eager", "torchvision", "onnx", "onnx_int8", "openvino"], references=True,
+                 batches=[1, 2], repeats=2, threads=1, input_hw=(60, 80), calibration_images=4, out=out)
+    rows = {(r["model"], r["runtime"]): r for r in result["rows"]}
+    name = config.stem
+    reference = "ssdlite320_mobilenet_v3_large"
+    assert {r for m, r in rows if m == name} == {"eager", "torchvision", "onnx", "onnx_int8", "openvino"}
+    assert {r for m, r in rows if m == reference} == {"eager", "onnx", "onnx_int8", "openvino"}
+    for row in result["rows"]:
+        assert set(row["ms"]) == {"1", "2"} and all(len(t) == 2 for t in row["samples"].values())
+        assert row["ms"]["1"]["median"] > 0 and row["params"] > 0 and row["gflops"] > 0
+    eager, onnx, int8 = rows[name, "eager"], rows[name, "onnx"], rows[name, "onnx_int8"]
+    assert eager["checkpoint"] == str(checkpoint)
+    # accuracy is the task's own test of each form: the checkpoint's numbers for eager, the same for ONNX
+    cli_main(["test", "--config", str(config), "--ckpt_path", str(checkpoint), "--trainer.default_root_dir",
+              str(tmp_path / "plain"), "--trainer.enable_progress_bar", "false"])
+    expected = read_metrics(tmp_path / "plain")
+    assert eager["accuracy"]["map"] == pytest.approx(expected["map"], abs=1e-3)
+    assert onnx["accuracy"]["map"] == pytest.approx(eager["accuracy"]["map"], abs=2e-3)
+    assert int8["accuracy"]["map"] is not None and int8["size_mb"] < 0.5 * onnx["size_mb"]
+    # torchvision's pipeline on the same weights finds the same detections; ratios are over it
+    same = rows[name, "torchvision"]["agreement_stats"]
+    assert same["unmatched"] == 0 and same["detections"] == same["candidate_detections"] > 0
+    assert rows[name, "torchvision"]["ratio"]["1"] == pytest.approx(1.0)
+    assert eager["ratio"]["1"] == pytest.approx(eager["ms"]["1"]["median"] / rows[name, "torchvision"]["ms"]["1"][
+        "median"])
+    assert rows[reference, "eager"]["ratio"]["2"] == pytest.approx(1.0)
+    # what is written
+    saved = json.loads((out / "benchmark.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(result["rows"])) and saved["machine"]["threads"] == 1
+    markdown = (out / "benchmark.md").read_text()
+    assert machine_line(result["machine"]) in markdown and "![pareto](pareto.png)" in markdown
+    assert markdown.count(f"| {name} |") == 5 and "| ssdlite320_mobilenet_v3_large | ONNX Runtime INT8 |" in markdown
+    with Image.open(out / "pareto.png") as image:
+        assert image.size[0] > 500
+    printed = capsys.readouterr().out
+    assert "Machine: " in printed and f"| {name} | ONNX Runtime |" in printed
+
+
+def test_torchvisions_segmenters_as_references(tmp_path):
+    images = torch.randint(0, 256, (2, 3, 48, 64), dtype=torch.uint8)
+    subject = reference_subject("lraspp_mobilenet_v3_large", ["eager", "onnx"], (48, 64), tmp_path, [], threads=1)
+    assert subject.reference and subject.task == "segment" and set(subject.forms) == {"eager", "onnx"}
+    with torch.no_grad():
+        eager = subject.forms["eager"].call(images)["labels"]
+    assert eager.shape == (2, 48, 64)
+    assert (subject.forms["onnx"].call(images)["labels"] == eager).float().mean() > 0.999
+
+
+def test_untrained_without_data_runs_on_random_images(tmp_path, capsys):
+    config = tmp_path / "pose_tiny.yaml"
+    section = yaml.safe_load((DEMO_CONFIGS / "pose_mbv2_shapes.yaml").read_text())
+    section["data"].update(root=str(tmp_path / "nothing_here"), image_size=[64, 64])
+    section["trainer"]["default_root_dir"] = str(tmp_path / "no_runs")
+    config.write_text(yaml.safe_dump(section))
+    result = run([config], "best", ["eager", "onnx"], batches=[1], repeats=1, threads=1, out=tmp_path / "bench")
+    assert [(r["runtime"], r["accuracy"]) for r in result["rows"]] == [("eager", None), ("onnx", None)]
+    assert result["rows"][1]["agreement"].startswith("keypoints within")
+    assert any("no best.ckpt" in n for n in result["notes"]) and any("no data" in n for n in result["notes"])
+
+
+def test_the_width_resolution_grid(tmp_path):
+    result = grid({"mobilenet_v2": (0.35, 0.5)}, sizes=(64, 96), runtime="eager", batches=(1,), repeats=1,
+                  threads=1, out=tmp_path)
+    cells = [(r["width"], r["size"]) for r in result["rows"]]
+    assert cells == [(0.35, 64), (0.35, 96), (0.5, 64), (0.5, 96)]
+    by_cell = {(r["width"], r["size"]): r for r in result["rows"]}
+    assert by_cell[0.5, 96]["gflops"] > by_cell[0.5, 64]["gflops"] > by_cell[0.35, 64]["gflops"]
+    assert by_cell[0.5, 64]["params"] > by_cell[0.35, 64]["params"]
+    assert "| mobilenet_v2 | 0.35 | 64 |" in (tmp_path / "grid.md").read_text() and (tmp_path / "grid.png").is_file()
+
+
+def test_training_rates(config, tmp_path, capsys):
+    rates = training(config, steps=2, warmup=1, root=tmp_path)
+    assert len(rates) == 7 and all(rate > 0 for rate in rates.values())
+    assert "| python -m tasks.detect fit (real loader, 0 worker(s)), channels_last True |" in capsys.readouterr().out
+
+
+def test_command_line_errors(capsys):
+    for wrong in (["--batch", "0"], ["--runtimes", "tensorrt"], ["a.yaml", "b.yaml", "--ckpt_path", "x.ckpt"]):
+        with pytest.raises(SystemExit):
+            main(wrong)
+        assert "error:" in capsys.readouterr().err
