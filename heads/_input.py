@@ -55,7 +55,7 @@ def inside_mask(size: Sequence[int] | Sequence[torch.Tensor], extent: Sequence[i
 
 
 def resize(x: torch.Tensor, size: Sequence[int] | Sequence[torch.Tensor],
-           extent: Sequence[int] | Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+           extent: Sequence[int] | Sequence[torch.Tensor] | None = None, columns_first: bool = False) -> torch.Tensor:
     """Bilinear resize of ``(N, C, H, W)`` (any dtype; float out) to ``size``, sampling as
     ``F.interpolate(mode="bilinear", align_corners=False)`` (torchvision's detection transform) does,
     written with gathers. With ``extent``, the image fills only the first ``extent`` rows and columns,
@@ -65,17 +65,24 @@ def resize(x: torch.Tensor, size: Sequence[int] | Sequence[torch.Tensor],
     sampling positions differently (inputs 2e-6 apart, which deep networks amplify), and OpenVINO
     2026.4's CPU plugin fails outright when a size or padding is computed from the input. Gathers and
     arithmetic run alike in PyTorch and every runtime. Rows are gathered first, in the input's dtype
-    (a uint8 image is cast to float only at the output's height): that order moves the fewest bytes.
+    (a uint8 image is cast to float only at the output's height), unless ``columns_first``: gathering
+    along the last axis is the slow one, so an enlargement gathers columns while the rows are still few.
     """
     padded = extent is not None
     extent = size if extent is None else extent
     height, width = image_size(x)
     rows_low, rows_high, row_weight = _taps(height, size[0], extent[0], x.device)
     cols_low, cols_high, col_weight = _taps(width, size[1], extent[1], x.device)
-    top, bottom = x.index_select(-2, rows_low).float(), x.index_select(-2, rows_high).float()
-    x = top + (bottom - top) * row_weight[:, None]
-    left, right = x.index_select(-1, cols_low), x.index_select(-1, cols_high)
-    x = left + (right - left) * col_weight
+    if columns_first:
+        left, right = x.index_select(-1, cols_low).float(), x.index_select(-1, cols_high).float()
+        x = left + (right - left) * col_weight
+        top, bottom = x.index_select(-2, rows_low), x.index_select(-2, rows_high)
+        x = top + (bottom - top) * row_weight[:, None]
+    else:
+        top, bottom = x.index_select(-2, rows_low).float(), x.index_select(-2, rows_high).float()
+        x = top + (bottom - top) * row_weight[:, None]
+        left, right = x.index_select(-1, cols_low), x.index_select(-1, cols_high)
+        x = left + (right - left) * col_weight
     return x * inside_mask(size, extent, x.device) if padded else x
 
 

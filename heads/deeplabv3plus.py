@@ -105,7 +105,12 @@ class DeepLabV3Plus(nn.Module):
         inside = longer_side_extent(images, side)  # the longer side fitted into the square, the rest padded
         x = self.input(images, (side, side), (inside[0], inside[1]))
         logits = self.logits(x, aux=False)["out"][..., : inside[0], : inside[1]]
-        return {"labels": resize(logits, image_size(images).long()).argmax(1)}
+        if torch.jit.is_tracing():  # gathers, which every runtime samples alike (see resize)
+            logits = resize(logits, image_size(images).long(), columns_first=True)
+        else:  # the same sampling in one kernel: 4-8x faster than gathers on full-resolution maps
+            logits = F.interpolate(logits, size=tuple(images.shape[-2:]), mode="bilinear", align_corners=False)
+        # max's indices are argmax's (the first of equal maxima), and 9x faster on a short class dimension
+        return {"labels": logits.max(1).indices}
 
     def logits(self, x: torch.Tensor, aux: bool = True) -> dict[str, torch.Tensor]:
         """Logits of normalized images of any size, at that size (``aux``: the auxiliary head's too)."""
