@@ -94,7 +94,7 @@ def measure(task: str, network: nn.Module, input_size: tuple[int, int], runtime:
     params = sum(p.numel() for p in network.parameters()) / 1e6
     latency = {}
     with tempfile.TemporaryDirectory() as scratch:
-        run = _runner(task, network, input_size, runtime, Path(scratch))
+        run = runner(task, network, input_size, runtime, Path(scratch))
         with torch.inference_mode():
             for batch, x in inputs.items():
                 times = []
@@ -107,7 +107,10 @@ def measure(task: str, network: nn.Module, input_size: tuple[int, int], runtime:
     return {"params": params, "gflops": counter.get_total_flops() / 1e9, "ms": latency}
 
 
-def _runner(task: str, network: nn.Module, input_size: tuple[int, int], runtime: str, scratch: Path) -> Callable:
+def runner(task: str, network: nn.Module, input_size: tuple[int, int], runtime: str, scratch: Path,
+           spinning: bool = True) -> Callable:
+    """``network`` as ``runtime`` runs it: an inference copy (eager), or exported into ``scratch`` and loaded in
+    ONNX Runtime (``spinning``: whether its threads spin between calls; off when timed beside others)."""
     if runtime == "eager":
         return inference_copy(network)  # as Kestrel runs it: batch norms folded, channels-last
     if runtime != "onnx":
@@ -116,7 +119,7 @@ def _runner(task: str, network: nn.Module, input_size: tuple[int, int], runtime:
     from tasks.runtime import ExportedModel
 
     path = export_onnx(network, scratch / "model.onnx", {"task": task, "input_size": list(input_size)})
-    return ExportedModel(path, threads=torch.get_num_threads())
+    return ExportedModel(path, threads=torch.get_num_threads(), spinning=spinning)
 
 
 def pick(task: str, size: int, budget_ms: float, names: list[str] | None = None, runtime: str = "eager",

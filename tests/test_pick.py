@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from backbones.__main__ import main
-from backbones.pick import _runner, build, pick, pose_width
+from backbones.pick import build, pick, pose_width, runner
 
 
 @pytest.mark.parametrize("task,output,shape", [("detect", "cls_logits", (1, None, 81)),
@@ -22,7 +22,7 @@ def test_the_onnx_runtime_runs_the_same_network(tmp_path):
     network, input_size = build("detect", "mobilenet_v3_small", 64)
     network.eval()
     x = torch.randint(0, 256, (1, 3, *input_size), dtype=torch.uint8)
-    run = _runner("detect", network, input_size, "onnx", tmp_path)
+    run = runner("detect", network, input_size, "onnx", tmp_path)
     assert type(run).__name__ == "ExportedModel"
     with torch.no_grad():
         expected = network(x)

@@ -6,11 +6,13 @@ Every cell is SSDLite with 80 classes (the COCO configs' head) on the backbone a
 input size, timed from uint8 image to the head's outputs as ``python -m backbones pick`` times it
 (box decoding and NMS left out: on untrained weights their cost says nothing about a trained
 detector's, and it does not depend on the backbone), at batch 1 and 8, in eager PyTorch (as Kestrel
-runs it for inference) or ONNX Runtime.
+runs it for inference) or ONNX Runtime, every cell taking turns with the others
+(``tasks.benchmark.timing``).
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,11 +23,14 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.ticker import ScalarFormatter  # noqa: E402
 
-from backbones.pick import build, measure  # noqa: E402
+from backbones.pick import build, runner  # noqa: E402
 
 from .machine import describe_machine, machine_line  # noqa: E402
 from .report import write_json  # noqa: E402
+from .subjects import count_gflops  # noqa: E402
+from .timing import interleaved, summary  # noqa: E402
 
 WIDTHS = {"mobilenet_v2": (0.35, 0.5, 0.75, 1.0, 1.4), "mobilenet_v3_large": (0.5, 0.75, 1.0, 1.25)}
 SIZES = (128, 192, 256, 320)
@@ -40,15 +45,28 @@ def grid(widths: dict[str, Sequence[float]] = WIDTHS, sizes: Sequence[int] = SIZ
     out.mkdir(parents=True, exist_ok=True)
     machine = describe_machine(threads)
     say(f"Machine: {machine_line(machine)}")
-    rows = []
-    for backbone, alphas in widths.items():
-        for alpha in alphas:
-            for size in sizes:
-                say(f"  {backbone} x{alpha} at {size} px")
-                network, input_size = build("detect", backbone, size, width_mult=alpha)
-                timed = measure("detect", network, input_size, runtime, repeats, batches=batches)
-                rows.append({"backbone": backbone, "width": alpha, "size": size, "params": timed["params"],
-                             "gflops": timed["gflops"], "ms": {str(b): timed["ms"][b] for b in batches}})
+    cells, models, inputs = [], {}, {}
+    generator = torch.Generator().manual_seed(0)
+    with tempfile.TemporaryDirectory() as scratch:
+        for backbone, alphas in widths.items():
+            for alpha in alphas:
+                for size in sizes:
+                    say(f"  {backbone} x{alpha} at {size} px: building" + (", exporting" if runtime == "onnx" else ""))
+                    network, input_size = build("detect", backbone, size, width_mult=alpha)
+                    network.eval()
+                    key = f"{backbone} x{alpha} {size}"
+                    folder = Path(scratch) / key.replace(" ", "_")
+                    folder.mkdir()
+                    models[key] = runner("detect", network, input_size, runtime, folder, spinning=False)
+                    inputs[key] = {b: torch.randint(0, 256, (b, 3, *input_size), dtype=torch.uint8, generator=generator)
+                                   for b in batches}
+                    cells.append({"backbone": backbone, "width": alpha, "size": size, "key": key,
+                                  "params": sum(p.numel() for p in network.parameters()) / 1e6,
+                                  "gflops": count_gflops(network, inputs[key][batches[0]][:1])})
+        say(f"timing {len(cells)} networks, taking turns")
+        times = interleaved(models, inputs, repeats, progress=lambda text: say(f"  {text}"))
+    rows = [{k: v for k, v in cell.items() if k != "key"} | {"ms": {str(b): summary(times[cell["key"]][b])["median"]
+                                                                   for b in batches}} for cell in cells]
     result = {"machine": machine, "runtime": runtime, "batches": list(batches), "repeats": repeats, "rows": rows}
     write_json(out / "grid.json", result)
     _plot(out / "grid.png", rows, batches[0])
@@ -89,8 +107,14 @@ def _plot(path: Path, rows: list[dict], batch: int) -> None:
         for c in cells:
             axis.annotate(str(c["size"]), (c["gflops"], c["ms"][str(batch)]), fontsize=7,
                           textcoords="offset points", xytext=(3, 3))
-    axis.set_xlabel("GFLOPs (one image; labels: input size)")
-    axis.set_ylabel(f"batch-{batch} latency (ms)")
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.xaxis.set_major_formatter(ScalarFormatter())
+    axis.yaxis.set_major_formatter(ScalarFormatter())
+    axis.yaxis.set_minor_formatter(ScalarFormatter())
+    axis.tick_params(which="minor", labelsize=7)
+    axis.set_xlabel("GFLOPs (one image; labels: input size; log scale)")
+    axis.set_ylabel(f"batch-{batch} latency (ms, log scale)")
     axis.set_title("SSDLite: width multiplier (alpha) x resolution (rho)")
     axis.grid(True, alpha=0.3)
     axis.legend(fontsize=8)

@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import ScalarFormatter  # noqa: E402
 
 from .accuracy import MAIN_METRICS  # noqa: E402
 from .machine import machine_line  # noqa: E402
@@ -110,6 +111,9 @@ def pareto_plot(path: Path, rows: list[dict]) -> bool:
             axis.plot([r["ms"]["1"]["median"] for r in frontier], [r["accuracy"][metric] for r in frontier],
                       color="grey", linestyle="--", linewidth=1)
         axis.set_xscale("log")
+        axis.xaxis.set_major_formatter(ScalarFormatter())
+        axis.xaxis.set_minor_formatter(ScalarFormatter())
+        axis.tick_params(which="minor", labelsize=7)
         axis.set_xlabel("batch-1 latency (ms, log scale)")
         axis.set_ylabel(metric if use_accuracy else "GFLOPs")
         axis.set_title(f"{TASK_NAMES[task]}: {metric if use_accuracy else 'GFLOPs'} against latency")
