@@ -17,7 +17,7 @@ install: $(STAMP)
 # Re-runs only when the dependencies change; `make install` is otherwise instant.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,openvino]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,openvino,ofa]'
 	touch $(STAMP)
 
 test: install  ## the suite CI runs (slow checks excluded)

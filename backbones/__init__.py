@@ -5,7 +5,7 @@ stride in ``feature_info``. Build one by name with :func:`build_backbone`; regis
 :func:`register_backbone` or the ``kestrel.backbones`` entry-point group.
 """
 
-from . import efficientnet, mobilenet  # noqa: F401  (registers the built-ins)
+from . import efficientnet, mobilenet, nas, once_for_all  # noqa: F401  (registers the built-ins)
 from ._features import (
     IMAGENET_MEAN,
     IMAGENET_STD,

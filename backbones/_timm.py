@@ -7,7 +7,7 @@ own ``feature_info``; output stride and feature location are timm's ``features_o
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import timm
 import torch
@@ -16,11 +16,19 @@ from ._features import FeatureInfo, FeatureLocation, Level, Pyramid, level_name
 from ._options import check_options, freeze_through
 from ._weights import load_weights, read_state_dict, weight_problems
 
+Builder = Callable[..., torch.nn.Module]
 
-def _meta_model(model_name: str, **kwargs) -> torch.nn.Module:
+
+def _create(model_name: str, builder: Builder | None, pretrained: bool = False, **kwargs) -> torch.nn.Module:
+    if builder is None:
+        return timm.create_model(model_name, pretrained=pretrained, **kwargs)
+    return builder(pretrained=pretrained, **kwargs)
+
+
+def _meta_model(model_name: str, builder: Builder | None = None, **kwargs) -> torch.nn.Module:
     """Build a timm model on the meta device: its structure and key names, with no memory or time."""
     with torch.device("meta"):
-        return timm.create_model(model_name, pretrained=False, **kwargs)
+        return _create(model_name, builder, **kwargs)
 
 
 class TimmBackbone(Pyramid):
@@ -36,6 +44,9 @@ class TimmBackbone(Pyramid):
         feature_location: ``"block"`` or ``"expansion"`` (timm's EfficientNet/MobileNet families).
         frozen_stages: Freeze every layer up to nominal stride ``2**frozen_stages`` (0: none).
         freeze_bn: Keep batch norms in eval mode while training.
+        builder: What builds the model instead of ``timm.create_model(model_name, ...)``, called with
+            its keyword arguments: one of timm's generators with options its registered names fix
+            (MobileNetV1's channel multiplier). ``model_name`` then names the pretrained config.
     """
 
     def __init__(
@@ -47,13 +58,14 @@ class TimmBackbone(Pyramid):
         feature_location: FeatureLocation = "block",
         frozen_stages: int = 0,
         freeze_bn: bool = False,
+        builder: Builder | None = None,
     ):
         super().__init__()
         check_options(levels, output_stride, feature_location, frozen_stages)
-        if model_name not in timm.list_models():
+        if builder is None and model_name not in timm.list_models():
             raise ValueError(f"timm has no model {model_name!r} (see timm.list_models())")
         try:
-            probe = _meta_model(model_name, features_only=True)
+            probe = _meta_model(model_name, builder, features_only=True)
         except Exception as err:  # noqa: BLE001 - timm raises many kinds for "cannot do features"
             raise ValueError(f"timm model {model_name!r} does not support features_only: {err}") from None
         nominal = probe.feature_info.reduction()
@@ -73,20 +85,22 @@ class TimmBackbone(Pyramid):
             kwargs["feature_location"] = feature_location
         options = {k: v for k, v in kwargs.items() if k in ("output_stride", "feature_location")}
         try:
-            strides = _meta_model(model_name, **kwargs).feature_info.reduction()
+            strides = _meta_model(model_name, builder, **kwargs).feature_info.reduction()
         except Exception as err:  # noqa: BLE001
-            raise ValueError(f"timm model {model_name!r} cannot be built with {options}: {err}") from None
+            raise ValueError(
+                f"timm model {model_name!r} cannot be built with {options}: {type(err).__name__}: {err}"
+            ) from None
         if max(strides) > output_stride:
             raise ValueError(f"timm model {model_name!r} ignores {options}: its strides stay {strides}")
 
         state = read_state_dict(pretrained) if isinstance(pretrained, str) else None
         if pretrained is True:
-            self.model = self._create_pretrained(model_name, kwargs)
+            self.model = self._create_pretrained(model_name, builder, kwargs)
         elif state is not None and weight_problems(
-            {f"model.{k}": v for k, v in _meta_model(model_name, **kwargs).state_dict().items()}, state
+            {f"model.{k}": v for k, v in _meta_model(model_name, builder, **kwargs).state_dict().items()}, state
         ):
             # not a Kestrel backbone's own keys: a timm classifier checkpoint, loaded by timm itself
-            full = _meta_model(model_name)
+            full = _meta_model(model_name, builder)
             classifier = full.pretrained_cfg.get("classifier") or ()
             classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
             problems = weight_problems(full.state_dict(), state, drop=[c + "." for c in classifier])
@@ -96,9 +110,9 @@ class TimmBackbone(Pyramid):
                     f"model: {'; '.join(problems)}"
                 )
             overlay = {"state_dict": state}
-            self.model = timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+            self.model = _create(model_name, builder, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
         else:
-            self.model = timm.create_model(model_name, pretrained=False, **kwargs)
+            self.model = _create(model_name, builder, **kwargs)
             if state is not None:
                 load_weights(self, state, repr(pretrained))
 
@@ -121,9 +135,17 @@ class TimmBackbone(Pyramid):
         )
 
     @staticmethod
-    def _create_pretrained(model_name: str, kwargs: dict) -> torch.nn.Module:
+    def _create_pretrained(model_name: str, builder: Builder | None, kwargs: dict) -> torch.nn.Module:
+        if not timm.list_models(model_name, pretrained=True):
+            others = timm.list_models(f"*{model_name}", pretrained=True)
+            names = sorted({f"timm:{n.split('.')[0]}" for n in others})
+            hint = f" (it has them for {', '.join(names)})" if others else ""
+            raise ValueError(
+                f"timm publishes no pretrained weights for {model_name!r}{hint}; use pretrained=false or the "
+                "path of a state dict"
+            )
         try:
-            return timm.create_model(model_name, pretrained=True, **kwargs)
+            return _create(model_name, builder, pretrained=True, **kwargs)
         except Exception as err:  # noqa: BLE001 - offline hub errors come in many types
             raise FileNotFoundError(
                 f"timm could not load pretrained weights for {model_name!r} ({type(err).__name__}: {err}). "

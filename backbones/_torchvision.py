@@ -1,8 +1,9 @@
-"""Feature pyramids over torchvision's MobileNet and EfficientNet classifiers.
+"""Feature pyramids over torchvision's MobileNet, EfficientNet and MNASNet classifiers.
 
-The pyramid keeps torchvision's ``features`` module under its own name, so the state-dict keys of a
-Kestrel backbone are torchvision's (``features.3.block.0.0.weight``) and torchvision's ImageNet
-weights, and the backbone part of torchvision's detection/segmentation weights, load unchanged.
+The pyramid keeps torchvision's body (``features``; MNASNet's ``layers``) under its own name, so the
+state-dict keys of a Kestrel backbone are torchvision's (``features.3.block.0.0.weight``) and
+torchvision's ImageNet weights, and the backbone part of torchvision's detection/segmentation weights,
+load unchanged.
 """
 
 from __future__ import annotations
@@ -26,24 +27,45 @@ def _conv_stride(module: nn.Module) -> int:
     return math.prod(m.stride[0] for m in module.modules() if isinstance(m, nn.Conv2d))
 
 
-def _out_channels(module: nn.Module) -> int:
-    """Channels ``module`` outputs: its last convolution's (the projection of an inverted residual)."""
-    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
-    return convs[-1].out_channels
+def _channels(body: nn.Sequential) -> list[int]:
+    """Channels after each layer of ``body``: its last convolution's so far (norms and activations keep
+    them; MNASNet's stem is a flat run of convs, norms and activations)."""
+    channels, current = [], 0
+    for layer in body:
+        convs = [m for m in layer.modules() if isinstance(m, nn.Conv2d)]
+        current = convs[-1].out_channels if convs else current
+        channels.append(current)
+    return channels
 
 
-def _expansion_layer(block: nn.Module) -> str | None:
-    """Name (relative to ``block``) of its 1x1 expansion layer, or None if its first conv is not one.
+def _has_conv(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in module.modules())
 
-    The tap is the conv's parent (conv + norm + activation), as torchvision's SSDLite taps
-    ``block[0]`` of MobileNetV3's last downsampling block. FusedMBConv has no separate expansion.
+
+def _expansion_layer(block: nn.Module) -> tuple[str, int] | None:
+    """Name (relative to ``block``) and channels of its 1x1 expansion layer, or None if its first conv is
+    not one.
+
+    The tap is the conv with its norm and activation: their parent where it holds just those (as
+    torchvision's SSDLite taps ``block[0]`` of MobileNetV3's last downsampling block), else the last of
+    them (MNASNet's blocks are one flat sequence). FusedMBConv has no separate expansion.
     """
     for name, m in block.named_modules():
         if isinstance(m, nn.Conv2d):
             is_expansion = (
                 m.kernel_size == (1, 1) and m.stride == (1, 1) and m.groups == 1 and m.out_channels > m.in_channels
             )
-            return name.rpartition(".")[0] if is_expansion and "." in name else None
+            if not is_expansion or "." not in name:
+                return None
+            parent_name, _, own = name.rpartition(".")
+            siblings = list(block.get_submodule(parent_name).named_children())
+            start = [n for n, _ in siblings].index(own)
+            span = start + 1
+            while span < len(siblings) and not _has_conv(siblings[span][1]):  # its norm and activation
+                span += 1
+            if start == 0 and span == len(siblings):
+                return parent_name, m.out_channels
+            return f"{parent_name}.{siblings[span - 1][0]}", m.out_channels
     return None
 
 
@@ -62,12 +84,81 @@ def _capture(owner: nn.Module, name: str, module, args, output) -> None:
     owner._captured[name] = output
 
 
-class TorchvisionBackbone(Pyramid):
-    """A torchvision classifier with a sequential ``features`` body, as a multi-scale feature pyramid.
+Tap = tuple[int, str, int, FeatureLocation, int]  # stride, module, index of the last layer run, location, channels
 
-    Works for MobileNetV2 (Sandler et al. 2018), MobileNetV3 (Howard et al. 2019) and EfficientNet
-    V1/V2 (Tan & Le 2019, 2021). Each level ``C{k}`` is the output of the last layer of ``features``
-    at nominal stride ``2**k`` (or, with ``feature_location="expansion"``, the expansion layer of the
+
+class LayerPyramid(Pyramid):
+    """A pyramid over a network that runs as a sequence of named layers (torchvision's bodies, Once-for-All's
+    subnets): level ``C{k}`` is the output of the last layer at nominal stride ``2**k``, or with
+    ``feature_location="expansion"`` the expansion layer of the layer after it, where it has one.
+    Subclasses plan the taps with :meth:`_plan`, keep the layers they need, then call :meth:`_build`."""
+
+    @staticmethod
+    def _plan(layers: Sequence[tuple[str, nn.Module]], levels: Sequence[int], feature_location: FeatureLocation,
+              label: str) -> tuple[list[int], list[Tap]]:
+        modules = [m for _, m in layers]
+        nominal, stride = [], 1
+        for m in modules:
+            stride *= _conv_stride(m)
+            nominal.append(stride)
+        channels = _channels(modules)
+        taps: list[Tap] = []
+        for s in levels:
+            at_stride = [i for i, n in enumerate(nominal) if n == s]
+            if not at_stride:
+                raise ValueError(f"{label} has no layer at stride {s}; its strides are {sorted(set(nominal))}")
+            index = at_stride[-1]
+            location, module, width = "block", layers[index][0], channels[index]
+            if feature_location == "expansion" and index + 1 < len(layers):
+                expansion = _expansion_layer(modules[index + 1])
+                if expansion is not None:
+                    index, location = index + 1, "expansion"
+                    module, width = f"{layers[index][0]}.{expansion[0]}", expansion[1]
+            taps.append((s, module, index, location, width))
+        return nominal, taps
+
+    def _build(self, names: Sequence[str], nominal: Sequence[int], taps: Sequence[Tap], output_stride: int,
+               frozen_stages: int) -> None:
+        """Dilate past ``output_stride``, freeze through stride ``2**frozen_stages``, hook the taps."""
+        last = max(tap[2] for tap in taps)
+        self._layer_names = list(names[: last + 1])
+        for i, s in enumerate(nominal[: last + 1]):
+            if s > output_stride:
+                _dilate(self.get_submodule(names[i]), s // output_stride)
+        frozen = [i for i, s in enumerate(nominal[: last + 1]) if s <= 2**frozen_stages]
+        if frozen_stages and frozen:
+            freeze_through(self, names[frozen[-1]])
+        self._captured: dict[str, torch.Tensor] = {}
+        self._block_taps: dict[int, list[str]] = {}
+        info = []
+        for s, module, index, location, width in taps:
+            name = level_name(s)
+            if location == "expansion":
+                self.get_submodule(module).register_forward_hook(functools.partial(_capture, self, name))
+            else:
+                self._block_taps.setdefault(index, []).append(name)
+            info.append(Level(name, width, min(s, output_stride), module, location))
+        self.feature_info = FeatureInfo(info)
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        captured = self._captured
+        captured.clear()
+        for i, name in enumerate(self._layer_names):
+            x = self.get_submodule(name)(x)
+            for level in self._block_taps.get(i, ()):
+                captured[level] = x
+        out = OrderedDict((name, captured[name]) for name in self.feature_info.names())
+        captured.clear()
+        return out
+
+
+class TorchvisionBackbone(LayerPyramid):
+    """A torchvision classifier with a sequential body, as a multi-scale feature pyramid.
+
+    Works for MobileNetV2 (Sandler et al. 2018), MobileNetV3 (Howard et al. 2019), EfficientNet
+    V1/V2 (Tan & Le 2019, 2021), whose body is ``features``, and MNASNet (Tan et al. 2019), whose body
+    is ``layers``. Each level ``C{k}`` is the output of the last layer of the body at nominal stride
+    ``2**k`` (or, with ``feature_location="expansion"``, the expansion layer of the
     block that next halves the resolution). Layers past the deepest requested level are dropped.
 
     Args:
@@ -122,75 +213,35 @@ class TorchvisionBackbone(Pyramid):
             model = torchvision.models.get_model(arch, weights=None, **arch_options)
         except TypeError as err:
             raise ValueError(f"torchvision's {arch} does not take {sorted(arch_options)}: {err}") from None
-        if not isinstance(getattr(model, "features", None), nn.Sequential):
+        bodies = [n for n in ("features", "layers") if isinstance(getattr(model, n, None), nn.Sequential)]
+        body_name = bodies[0] if bodies else None
+        if body_name is None:
             raise ValueError(f"torchvision's {arch} has no sequential `features` body to build a pyramid from")
         self.arch = arch
         self.freeze_bn = freeze_bn
+        self._body_name = body_name
 
-        body = model.features
-        nominal = list(_cumulative_strides(body))
-        taps: list[tuple[int, str, int, FeatureLocation]] = []  # (stride, module, last child run, location)
-        for stride in levels:
-            at_stride = [i for i, s in enumerate(nominal) if s == stride]
-            if not at_stride:
-                raise ValueError(f"{arch} has no layer at stride {stride}; its strides are {sorted(set(nominal))}")
-            index, location, module = at_stride[-1], "block", f"features.{at_stride[-1]}"
-            if feature_location == "expansion" and index + 1 < len(body):
-                expansion = _expansion_layer(body[index + 1])
-                if expansion is not None:
-                    index, location, module = index + 1, "expansion", f"features.{index + 1}.{expansion}"
-            taps.append((stride, module, index, location))
-        last = max(index for _, _, index, _ in taps)
-        self.features = body[: last + 1]
+        body = getattr(model, body_name)
+        names = [f"{body_name}.{i}" for i in range(len(body))]
+        nominal, taps = self._plan(list(zip(names, body)), levels, feature_location, arch)
+        last = max(tap[2] for tap in taps)
+        setattr(self, body_name, body[: last + 1])
 
         if pretrained:
             if pretrained is True:
                 state, source = torchvision_imagenet_weights(arch), f"torchvision's ImageNet {arch}"
             else:
                 state, source = read_state_dict(pretrained), repr(str(pretrained))
-            unused = ["classifier."] + [f"features.{i}." for i in range(last + 1, len(body))]
+            unused = ["classifier."] + [f"{body_name}.{i}." for i in range(last + 1, len(body))]
             load_weights(self, state, source, drop=unused)
 
         if bn_momentum is not None:
             for m in self.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.momentum = bn_momentum
-        for i, stride in enumerate(nominal[: last + 1]):
-            if stride > output_stride:
-                _dilate(self.features[i], stride // output_stride)
-        frozen = [i for i, s in enumerate(nominal[: last + 1]) if s <= 2**frozen_stages]
-        if frozen_stages and frozen:
-            freeze_through(self, f"features.{frozen[-1]}")
+        self._build(names, nominal, taps, output_stride, frozen_stages)
 
-        self._captured: dict[str, torch.Tensor] = {}
-        self._block_taps: dict[int, list[str]] = {}
-        info = []
-        for stride, module, index, location in taps:
-            name = level_name(stride)
-            if location == "expansion":
-                hook = functools.partial(_capture, self, name)
-                self.get_submodule(module).register_forward_hook(hook)
-                channels = _out_channels(self.get_submodule(module))
-            else:
-                self._block_taps.setdefault(index, []).append(name)
-                channels = _out_channels(self.features[index])
-            info.append(Level(name, channels, min(stride, output_stride), module, location))
-        self.feature_info = FeatureInfo(info)
-
-    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
-        captured = self._captured
-        captured.clear()
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            for name in self._block_taps.get(i, ()):
-                captured[name] = x
-        out = OrderedDict((name, captured[name]) for name in self.feature_info.names())
-        captured.clear()
-        return out
-
-
-def _cumulative_strides(body: nn.Sequential):
-    stride = 1
-    for layer in body:
-        stride *= _conv_stride(layer)
-        yield stride
+    @property
+    def body(self) -> nn.Sequential:
+        """torchvision's sequential body, cut after the deepest level: ``features`` (``layers``, MNASNet)."""
+        return getattr(self, self._body_name)

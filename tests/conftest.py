@@ -6,6 +6,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import socket  # noqa: E402
+from urllib.error import URLError  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -26,3 +27,17 @@ socket.socket.connect = _loopback_only
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def hub_dir(tmp_path, monkeypatch):
+    """An empty torch hub cache in which any download attempt fails the test."""
+    previous = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+
+    def no_download(url, *args, **kwargs):
+        raise URLError(f"no network in tests ({url})")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    yield tmp_path / "hub"
+    torch.hub.set_dir(previous)

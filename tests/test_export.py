@@ -24,7 +24,8 @@ from tasks.runtime import ExportedModel, openvino_core, read_metadata, run_image
 
 # Large networks: minutes each to build, export and run on two cores (make test-all runs them).
 HEAVY = {"efficientnet_b4", "efficientnet_b5", "efficientnet_b6", "efficientnet_b7", "efficientnet_v2_m",
-         "efficientnet_v2_l"}
+         "efficientnet_v2_l", "efficientnet_lite3", "efficientnet_lite4", "fbnetv3_g", "mobilenet_v4_conv_medium",
+         "mobilenet_v4_conv_large", "ofa_mbv3_w12"}
 NAMES = [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n
          for n in list_backbones() + ["timm:mobilenetv4_conv_small"]]
 FIVE = ["nose", "left_eye", "right_eye", "left_ear", "right_ear"]

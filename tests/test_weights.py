@@ -1,7 +1,6 @@
 """Weights: files, the torch hub cache and the Hugging Face cache, all written by the tests themselves."""
 
 import os
-from urllib.error import URLError
 
 import pytest
 import timm
@@ -122,20 +121,6 @@ def test_safetensors_file(tmp_path, classifier_file):
     path = tmp_path / "weights.safetensors"
     save_file({k: v.contiguous() for k, v in reference.items()}, str(path))
     _assert_loaded(build_backbone("mobilenet_v2", pretrained=str(path)), reference)
-
-
-@pytest.fixture
-def hub_dir(tmp_path, monkeypatch):
-    """An empty torch hub cache in which any download attempt fails the test."""
-    previous = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "hub"))
-
-    def no_download(url, *args, **kwargs):
-        raise URLError(f"no network in tests ({url})")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
-    yield tmp_path / "hub"
-    torch.hub.set_dir(previous)
 
 
 def test_pretrained_true_reads_the_torch_hub_cache(hub_dir):

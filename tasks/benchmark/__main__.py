@@ -14,7 +14,8 @@ from .subjects import RUNTIMES
 def _main_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tasks.benchmark", description=overview.split("\n\n")[0],
-        epilog="Subcommands: `python -m tasks.benchmark training --help`, `python -m tasks.benchmark runtimes --help`.")
+        epilog="Subcommands: `python -m tasks.benchmark training --help`, `... runtimes --help`, "
+        "`... quantization --help`.")
     parser.add_argument("configs", nargs="*", help="task configs (paths or names in configs/); default: the three "
                         "demo configs and the COCO configs")
     parser.add_argument("--ckpt_path", default="best", help="best / last (the newest under each config's "
@@ -69,8 +70,31 @@ def _runtimes(argv: list[str]) -> None:
         parser.error(str(err))
 
 
+def _quantization(argv: list[str]) -> None:
+    from .quantization import DEFAULT_BACKBONES, quantization
+
+    parser = argparse.ArgumentParser(
+        prog="python -m tasks.benchmark quantization",
+        description="fp32 against INT8 accuracy per backbone: each trained with the same detection recipe, exported "
+        "to INT8 ONNX and scored by `test`")
+    parser.add_argument("backbones", nargs="*", default=list(DEFAULT_BACKBONES),
+                        help=f"registered backbone names (default: {' '.join(DEFAULT_BACKBONES)})")
+    parser.add_argument("--config", default="configs/demo/ssdlite_mbv3_shapes.yaml",
+                        help="the detection recipe (default: the demo detector's)")
+    parser.add_argument("--epochs", type=int, help="training epochs (default: the config's)")
+    parser.add_argument("--out", default="runs/benchmark/quantization")
+    args = parser.parse_args(argv)
+    try:
+        quantization(Path(args.config), args.backbones, Path(args.out), args.epochs)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        parser.error(str(err))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["quantization"]:
+        _quantization(argv[1:])
+        return 0
     if argv[:1] == ["training"]:
         _training(argv[1:])
         return 0

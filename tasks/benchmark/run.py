@@ -31,8 +31,8 @@ from .timing import interleaved, summary
 DEMO_CONFIGS = [CONFIGS / "demo" / f"{name}.yaml" for name in
                 ("ssdlite_mbv3_shapes", "ssdlite320_mbv3_shapes", "deeplabv3plus_mbv2_shapes", "pose_mbv2_shapes")]
 COCO_CONFIGS = [CONFIGS / f"{name}.yaml" for name in
-                ("ssdlite_mbv3", "ssdlite_mbv2", "ssdlite_effb0", "deeplabv3plus_mbv3_coco", "pose_mbv2_coco",
-                 "pose_mbv3_coco", "pose_effb0_coco")]
+                ("ssdlite_mbv3", "ssdlite_mbv2", "ssdlite_mbv1", "ssdlite_mbv4s", "ssdlite_effb0",
+                 "deeplabv3plus_mbv3_coco", "pose_mbv2_coco", "pose_mbv3_coco", "pose_effb0_coco")]
 DEFAULT_CONFIGS = DEMO_CONFIGS + COCO_CONFIGS
 # what a config's model is given when neither a checkpoint nor its data says: COCO's / VOC's classes
 _PLACEHOLDER_CLASSES = {"coco": 80, "voc": 20}
