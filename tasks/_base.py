@@ -53,6 +53,15 @@ def describe(value: Any) -> Any:
     return value
 
 
+def checkpoint_backbone(path: str) -> str | None:
+    """The backbone name a Kestrel checkpoint was trained with, or None (a bare state dict, another file)."""
+    try:
+        hparams = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
+        return hparams["backbone"]["init_args"]["name"]
+    except Exception:  # noqa: BLE001 - anything else has no name to give
+        return None
+
+
 class KestrelTask(pl.LightningModule):
     """Base of the task modules: the model lives in ``self.model``.
 
@@ -168,8 +177,17 @@ class KestrelTask(pl.LightningModule):
             self.model.to(memory_format=torch.channels_last)
 
     def load_init_weights(self, path: str) -> None:
-        """Load ``init_from`` strictly; a Lightning checkpoint of the task loses its ``model.`` prefix."""
-        load_weights(self.model, self.convert_init_weights(path, self.init_state_dict(path)), repr(path))
+        """Load ``init_from`` strictly; a Lightning checkpoint of the task loses its ``model.`` prefix. Weights
+        that do not fit name the backbone of the checkpoint they come from, where it says."""
+        try:
+            load_weights(self.model, self.convert_init_weights(path, self.init_state_dict(path)), repr(path))
+        except ValueError as err:
+            theirs, ours = checkpoint_backbone(path), next(
+                (m.name for m in self.model.modules() if isinstance(m, Backbone)), None)
+            if theirs and ours and theirs != ours:
+                raise ValueError(f"weights {path!r} are a checkpoint of backbone {theirs!r}, this model's backbone is "
+                                 f"{ours!r} (model.backbone.name): {str(err).split(': ', 1)[-1][:300]}") from None
+            raise
 
     @staticmethod
     def init_state_dict(path: str) -> dict[str, torch.Tensor]:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -50,13 +54,55 @@ class KestrelTrainer(pl.Trainer):
                            int8_calibration, int8_float)
 
 
+class KestrelCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` with the two files kept apart: ``best.ckpt`` (the top-k by
+    ``monitor``) is written only when validation has just measured the weights it holds, and
+    ``last.ckpt`` every ``every_n_train_steps`` training steps and after every validation, so that a
+    crash costs at most the steps since the last one (``fit --ckpt_path last`` resumes).
+
+    Lightning's own callback saves its top-k at step checkpoints too, scored by the last validation
+    metric, so that ``best.ckpt`` could hold weights from steps after the ones its score measured.
+    """
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        every = self._every_n_train_steps
+        if every >= 1 and trainer.global_step % every == 0 and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        batches = trainer.num_val_batches
+        validates = sum(batches) if isinstance(batches, list) else batches
+        if not self._skip(trainer) and not validates:  # no validation to wait for
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._skip(trainer):
+            return
+        candidates = self._monitor_candidates(trainer)
+        self._save_topk_checkpoint(trainer, candidates)
+        self._save_last_checkpoint(trainer, candidates)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        """A run that fails (a bad file found while training, an interrupt) still leaves ``last.ckpt``."""
+        if not self._skip(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    @staticmethod
+    def _skip(trainer) -> bool:
+        from pytorch_lightning.trainer.states import TrainerFn
+
+        return bool(trainer.fast_dev_run) or trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking
+
+
 class KestrelCLI(LightningCLI):
     """LightningCLI with data properties linked to the model, and checkpoints on a validation metric.
 
-    ``ModelCheckpoint`` (``checkpoint.*``) keeps ``best.ckpt`` by ``monitor`` and ``last.ckpt``.
-    ``validate``, ``test``, ``predict`` and ``export`` accept ``--ckpt_path best`` or ``last``: the newest
-    such file under ``trainer.default_root_dir``'s runs; ``validate``, ``test`` and ``predict`` also take
-    an exported file (``.onnx``, OpenVINO ``.xml``) and run it in its runtime.
+    :class:`KestrelCheckpoint` (``checkpoint.*``) keeps ``best.ckpt`` by ``monitor`` and ``last.ckpt``
+    every ``checkpoint.every_n_train_steps`` steps. Every subcommand accepts ``--ckpt_path best`` or
+    ``last``: the newest such file under ``trainer.default_root_dir``'s runs. ``fit`` resumes from it
+    (weights, optimizer, schedule, step) and keeps writing checkpoints beside it, so that ``best.ckpt``
+    is replaced only by a better one; ``validate``, ``test`` and ``predict`` also take an exported file
+    (``.onnx``, OpenVINO ``.xml``) and run it in its runtime.
 
     Args:
         model_class: The task's LightningModule.
@@ -86,30 +132,78 @@ class KestrelCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         for source, target in self.links.items():
             parser.link_arguments(source, target, apply_on="instantiate")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(KestrelCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": self.monitor,
             "checkpoint.mode": "max",
             "checkpoint.filename": "best",
             "checkpoint.save_last": True,
+            "checkpoint.every_n_train_steps": 500,
             "checkpoint.auto_insert_metric_name": False,
         })
 
     def _parse_ckpt_path(self) -> None:
         """Resolve ``best`` / ``last`` first, so that their hyperparameters are read as a path's are; an
-        exported file has none to read."""
+        exported file has none to read; a file that is no checkpoint of this task is one clear error."""
         subcommand = self.config.get("subcommand")
-        if subcommand in ("validate", "test", "predict", "export"):
-            config = self.config[subcommand]
-            name = config.get("ckpt_path")
-            if name in ("best", "last"):
-                config.ckpt_path = str(find_checkpoint(name, config.trainer.default_root_dir))
-                print(f"Using checkpoint {config.ckpt_path}")
-            if is_exported(config.ckpt_path):
-                if subcommand == "export":
-                    raise ValueError(f"--ckpt_path {config.ckpt_path} is already exported; export a checkpoint")
-                return
-        super()._parse_ckpt_path()
+        if subcommand not in ("fit", "validate", "test", "predict", "export"):
+            return super()._parse_ckpt_path()
+        config = self.config[subcommand]
+        name = config.get("ckpt_path")
+        if name in ("best", "last"):
+            config.ckpt_path = str(find_checkpoint(name, config.trainer.default_root_dir))
+            print(f"{'Resuming from' if subcommand == 'fit' else 'Using'} checkpoint {config.ckpt_path}")
+        elif name is not None and not Path(name).is_file():
+            raise FileNotFoundError(f"--ckpt_path {name}: no such file")
+        path = config.ckpt_path
+        if path is None:
+            return None
+        if is_exported(path):
+            if subcommand == "export":
+                raise ValueError(f"--ckpt_path {path} is already exported; export a checkpoint")
+            return None
+        folder = Path(path).parent
+        if subcommand == "fit" and config.checkpoint.get("dirpath") is None and folder.name == "checkpoints":
+            # the resumed run's checkpoints stay with the ones it continues: its best.ckpt is replaced only by a
+            # better one (ModelCheckpoint restores its best score where the folder is the same)
+            config.checkpoint.dirpath = str(folder)
+        return self._read_checkpoint(path)
+
+    def _read_checkpoint(self, path: str) -> None:
+        """Lightning's reading of the checkpoint's hyperparameters into the config, with a truncated or foreign
+        file, or another task's checkpoint, as one sentence naming the file."""
+        import torch
+        from jsonargparse import ArgumentError
+
+        try:
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as err:  # noqa: BLE001 - torch raises many kinds for "not a checkpoint"
+            reason = str(err).split(". ")[0]
+            raise ValueError(f"checkpoint {path!r} cannot be read: truncated, or not a PyTorch checkpoint "
+                             f"({type(err).__name__}: {reason})") from None
+        exit_on_error, self.parser.exit_on_error = self.parser.exit_on_error, False
+        try:
+            super()._parse_ckpt_path()
+        except ArgumentError as err:
+            text = str(err)
+            head = re.search(r"Expected '([\w.]+)' to be a subclass of <class '([\w.]+)'>", text)
+            reason = (f"its head is {head[1]}, this task's a {head[2]} (a checkpoint of another task?)" if head
+                      else text.splitlines()[-1].strip().split(". Got value")[0])
+            raise ValueError(f"checkpoint {path!r} does not hold a {self.model_class.__name__}: {reason}") from None
+        finally:
+            self.parser.exit_on_error = exit_on_error
+
+    def before_instantiate_classes(self) -> None:
+        """With ``model.init_from`` every weight comes from that file: the backbone's own ``pretrained``
+        weights would only be overwritten, so they are not loaded (nor fetched, offline)."""
+        subcommand = self.config.get("subcommand")
+        model = (self.config[subcommand] if subcommand else self.config).get("model")
+        backbone = model.get("backbone") if model is not None else None
+        init_args = backbone.get("init_args") if hasattr(backbone, "get") else None
+        if model is not None and model.get("init_from") and init_args is not None and init_args.get("pretrained"):
+            print(f"model.backbone.pretrained {init_args.pretrained} is not loaded: model.init_from "
+                  f"{model.init_from} holds every weight")
+            init_args.pretrained = False
 
     def _run_exported(self) -> None:
         kwargs = self.config_init[self.subcommand]
@@ -136,3 +230,42 @@ def find_checkpoint(name: str, root: str | Path) -> Path:
             f"--ckpt_path {name}: no {name}.ckpt under {root.resolve()}; train first (fit) or give a path"
         )
     return found[-1]
+
+
+# What a user's data, config, weights or checkpoint can cause: Kestrel raises these with a sentence that
+# names the file and the problem.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+VERBOSE_ENV = "KESTREL_VERBOSE"
+
+
+def user_message(error: BaseException) -> str:
+    """The sentence that says what is wrong, as one line: the innermost cause of ``error`` (jsonargparse
+    wraps a class's own error in "Does not validate against any of the Union subtypes"), and of an error
+    re-raised from a loader worker, its original last line."""
+    root = error
+    while isinstance(root.__cause__, USER_ERRORS):
+        root = root.__cause__
+    lines = [line.strip() for line in str(root).splitlines() if line.strip()]
+    if "Original Traceback" in str(root) and lines:
+        last = lines[-1]
+        return last.split(": ", 1)[1] if last.split(": ", 1)[0].endswith(("Error", "Exception")) else last
+    return " ".join(lines) or type(root).__name__
+
+
+def main(cli_main: Callable[[list[str] | None], object], argv: Sequence[str] | None = None) -> int:
+    """``python -m tasks.<task>``: a user's mistake (bad data, config, weights or checkpoint) ends the command
+    with one line naming the file and the problem, and exit status 1; ``--verbose`` (or ``KESTREL_VERBOSE=1``)
+    shows the traceback instead."""
+    given = list(sys.argv[1:] if argv is None else argv)
+    verbose = "--verbose" in given or os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+    given = [a for a in given if a != "--verbose"]
+    if argv is None:  # LightningCLI reads sys.argv itself (and warns when given both)
+        sys.argv[1:] = given
+    try:
+        cli_main(None if argv is None else given)
+    except USER_ERRORS as err:
+        if verbose:
+            raise
+        print(f"error: {user_message(err)} (--verbose shows the traceback)", file=sys.stderr)
+        return 1
+    return 0

@@ -10,6 +10,7 @@ the detector, NMS included, as ONNX or OpenVINO (see ``tasks.export``).
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from heads.ssdlite import SSDLite
 
 from . import plots
 from ._base import KestrelTask
-from .cli import KestrelCLI
+from .cli import KestrelCLI, main
 from .data.detection import DetectionData, DetectionSplit
 from .data.images import read_image
 from .metrics import coco_detection_metrics, detections_to_coco, voc_detection_metrics
@@ -218,4 +219,4 @@ def cli_main(args: list[str] | None = None) -> KestrelCLI:
 
 
 if __name__ == "__main__":
-    cli_main()
+    sys.exit(main(cli_main))

@@ -12,6 +12,7 @@ score x mean confident keypoint score and OKS-NMS'd per image, as mmpose does. `
 from __future__ import annotations
 
 import json
+import sys
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +29,7 @@ from heads.pose import SimpleBaseline, gaussian_heatmaps, to_heatmap
 
 from . import plots
 from ._base import KestrelTask
-from .cli import KestrelCLI
+from .cli import KestrelCLI, main
 from .data.images import read_image
 from .data.pose import PoseData, PoseSplit, apply_affine, resolve_sigmas
 from .metrics.keypoints import coco_keypoint_metrics, keypoint_accuracy, oks_nms
@@ -231,4 +232,4 @@ def cli_main(args: list[str] | None = None) -> KestrelCLI:
 
 
 if __name__ == "__main__":
-    cli_main()
+    sys.exit(main(cli_main))

@@ -9,6 +9,7 @@ palette PNG of class indices per image into ``predictions/``; ``export`` writes 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from heads.deeplabv3plus import DeepLabV3Plus
 
 from . import plots
 from ._base import KestrelTask
-from .cli import KestrelCLI
+from .cli import KestrelCLI, main
 from .data.images import read_image
 from .data.segmentation import VOID, SegmentationData, SegmentationSplit
 from .data.voc import VOC_PALETTE
@@ -194,4 +195,4 @@ def cli_main(args: list[str] | None = None) -> KestrelCLI:
 
 
 if __name__ == "__main__":
-    cli_main()
+    sys.exit(main(cli_main))

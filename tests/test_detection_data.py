@@ -10,6 +10,7 @@ import torch
 
 from tasks.data.detection import DetectionData, DetectionDataset, coco_detection_split, voc_detection_split
 from tasks.data.transforms import detection_transform
+from tasks.metrics import coco_detection_metrics
 
 
 def write_image(path, h=60, w=80, gray=False):
@@ -54,8 +55,13 @@ def test_coco_quirks(coco_root, caplog):
     np.testing.assert_array_equal(by_id[7].labels, [3])  # category 90 -> label 3 (sorted ids)
     np.testing.assert_array_equal(by_id[3].boxes, [[70, 50, 80, 60]])  # clipped to the image
     assert len(by_id[9].boxes) == 0
-    assert "dropped 1 degenerate box" in caplog.text
+    assert "dropped 1 degenerate box(es) (no area inside the image) from training and from the eval" in caplog.text
+    assert [a["id"] for a in split.coco_gt["annotations"]] == [1, 2, 3]  # nor does evaluation count it as a miss
     assert split.coco_gt["annotations"][1]["iscrowd"] == 1  # evaluation still sees the crowd region
+    perfect = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+               for a in split.coco_gt["annotations"] if not a["iscrowd"]]
+    metrics = coco_detection_metrics(split.coco_gt, perfect, split.class_names)
+    assert metrics["map_50"] == pytest.approx(1.0) and metrics["per_class"]["cup"] == {"ap": None, "ap_50": None}
     image, target, meta = DetectionDataset(split.records, None)[0]  # the grayscale PNG, as it is: the model resizes
     assert image.shape == (3, 60, 80) and image.dtype == torch.uint8 and meta == {"index": 0}
     assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])
@@ -63,6 +69,14 @@ def test_coco_quirks(coco_root, caplog):
     image, target, _ = DetectionDataset(split.records, detection_transform("none", 32))[0]  # training: resized
     assert image.shape == (3, 32, 32)
     torch.testing.assert_close(target["boxes"], torch.tensor([[28.0, 26.6667, 32.0, 32.0]]), atol=1e-3, rtol=0)
+
+
+def test_an_empty_split_is_an_error(tmp_path):
+    (tmp_path / "annotations").mkdir()
+    empty = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "kite"}]}
+    (tmp_path / "annotations" / "instances_val2017.json").write_text(json.dumps(empty))
+    with pytest.raises(ValueError, match="instances_val2017.json' lists no images: an empty split"):
+        coco_detection_split(tmp_path, "val2017")
 
 
 @pytest.fixture

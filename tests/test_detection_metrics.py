@@ -94,6 +94,27 @@ def test_coco_metrics_without_detections_or_small_objects():
     assert metrics["per_class"]["b"] == {"ap": None, "ap_50": None}
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_no_detections_is_what_cocoeval_gives_for_detections_that_find_nothing(seed):
+    """0 where there is ground truth to miss, None (undefined) where there is none of that size or class:
+    pycocotools' numbers for one detection that overlaps nothing (it cannot load an empty list)."""
+    rng = np.random.default_rng(seed)
+    gt = random_ground_truth(rng, images=4, category_ids=(1, 3, 7, 9))
+    gt["annotations"] = [a for a in gt["annotations"] if a["category_id"] != 9 and a["area"] > 32**2]  # no small
+    names = ["class1", "class3", "class7", "class9"]
+    nowhere = [{"image_id": 1, "category_id": 1, "bbox": [-500.0, -500.0, 1.0, 1.0], "score": 0.01}]
+    reference = pycocotools_eval(gt, nowhere)
+    ours = coco_detection_metrics(gt, [], names)
+    for key, index in COCO_DETECTION_KEYS.items():
+        assert ours[key] == (None if reference.stats[index] < 0 else pytest.approx(reference.stats[index])), key
+    assert ours["map_small"] is None and ours["map"] == 0.0
+    precision = reference.eval["precision"]
+    for k, name in enumerate(names):
+        defined = (precision[:, :, k, 0, -1] > -1).any()
+        assert ours["per_class"][name] == ({"ap": 0.0, "ap_50": 0.0} if defined else {"ap": None, "ap_50": None})
+    assert ours["per_class"]["class9"] == {"ap": None, "ap_50": None}
+
+
 def test_voc_ap_definitions():
     recall = np.array([0.5, 1.0])
     precision = np.array([1.0, 0.5])

@@ -161,6 +161,18 @@ def test_oks_ap_equals_pycocotools(coco_root, sigmas):
     assert 0.05 < metrics["ap"] < 0.95
 
 
+def test_no_keypoint_results_is_what_cocoeval_gives_for_results_that_find_nothing(coco_root):
+    gt = json.loads((coco_root / "annotations" / "person_keypoints_val2017.json").read_text())
+    gt["annotations"] = [a for a in gt["annotations"] if a["area"] > 96**2 or a["num_keypoints"] == 0]  # no medium
+    nowhere = [{"image_id": gt["images"][0]["id"], "category_id": 1, "keypoints": [-900.0, -900.0, 1.0] * 17,
+                "score": 0.01}]
+    stats = _pycocotools_stats(gt, nowhere, COCO_SIGMAS)
+    metrics = coco_keypoint_metrics(gt, [], COCO_SIGMAS, category_id=1)
+    keys = ["ap", "ap_50", "ap_75", "ap_medium", "ap_large", "ar", "ar_50", "ar_75", "ar_medium", "ar_large"]
+    assert [metrics[k] for k in keys] == [None if v < 0 else pytest.approx(v) for v in stats]
+    assert metrics["ap_medium"] is None and metrics["ap"] == 0.0
+
+
 def test_oks_nms_drops_near_duplicates_and_keeps_the_best():
     base = np.random.default_rng(1).uniform(0, 100, (17, 2))
     poses = np.stack([base, base + 0.5, base + 40])

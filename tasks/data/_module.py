@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -10,9 +11,11 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, get_worker_info
+from tqdm import tqdm
 
-from .images import check_files_exist, list_images
+from .images import check_files_exist, image_problem, list_images
 
 STAGES = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
 DEFAULT_SPLITS = {"coco": ("train2017", "val2017"), "voc": ("train", "val")}
@@ -31,19 +34,57 @@ class Split(Protocol):
         """What the labels mean (class names and ids, keypoint names): equal on every split."""
 
 
+def process_rank() -> int:
+    """This process's rank in a distributed run (0 outside one)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
 def seed_worker(worker_id: int) -> None:
     """Give each loader worker its own augmentation stream (the dataset's or its albumentations pipeline's).
 
     The worker seed comes from torch's generator, seeded alike on every process of a distributed run,
-    so the process rank is mixed in: otherwise worker ``w`` of every GPU would draw the same crops.
+    so the process rank is mixed in: otherwise worker ``w`` of every GPU would draw the same crops. It
+    seeds torch's, Python's and NumPy's generators in the worker too, which torchvision's transforms and
+    any user code draw from.
     """
     info = get_worker_info()
-    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-    seed = int(np.random.SeedSequence([info.seed % 2**63, rank]).generate_state(1)[0])
+    seed = int(np.random.SeedSequence([info.seed % 2**63, process_rank()]).generate_state(1)[0])
+    # every draw's source: torch's (torchvision's IoU crop and zoom-out), Python's and NumPy's global ones
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
     for owner in (info.dataset, getattr(info.dataset, "transform", None)):
         if hasattr(owner, "set_random_seed"):
             owner.set_random_seed(seed)
             return
+
+
+def check_split(split: Any, what: str) -> None:
+    """One pass over a split's image headers (empty, undecodable, another size than annotated) and its
+    masks (decoded: palette or greyscale, class indices in range, the image's size), with a progress bar,
+    so that a bad file fails the run before training starts. Raises ``ValueError`` naming the bad files."""
+    from .segmentation import read_mask  # (segmentation imports this module)
+
+    records = getattr(split, "records", None) or getattr(split, "images", None) or []
+    problems = []
+    for record in tqdm(records, desc=f"checking {what}", unit="image", disable=None, leave=False):
+        problem = image_problem(Path(record.file), getattr(record, "width", None), getattr(record, "height", None))
+        mask_file = getattr(record, "mask_file", None)
+        if problem is None and mask_file is not None:
+            try:
+                mask = read_mask(mask_file, len(split.class_names) + 1)
+                with Image.open(record.file) as image:
+                    size = image.size
+                if mask.shape[::-1] != size:
+                    problem = (f"mask {str(mask_file)!r} is {mask.shape[1]}x{mask.shape[0]} pixels, its image "
+                               f"{str(record.file)!r} {size[0]}x{size[1]}")
+            except (ValueError, FileNotFoundError) as err:
+                problem = str(err)
+        if problem:
+            problems.append(problem)
+    if problems:
+        more = f" (and {len(problems) - 1} more bad file(s) in {what})" if len(problems) > 1 else ""
+        raise ValueError(problems[0] + more)
 
 
 def collate(batch: Sequence[tuple]) -> tuple:
@@ -78,8 +119,10 @@ class KestrelDataModule(pl.LightningDataModule):
     """
 
     def __init__(self, format: str, train_split: str | None, val_split: str | None, test_split: str | None,
-                 predict_dir: str | None, batch_size: int, num_workers: int, pin_memory: bool):
+                 predict_dir: str | None, batch_size: int, num_workers: int, pin_memory: bool,
+                 check_files: bool = True):
         super().__init__()
+        self.check_files = check_files
         if format not in DEFAULT_SPLITS:
             raise ValueError(f"data.format must be one of {sorted(DEFAULT_SPLITS)}, got {format!r}")
         train_default, val_default = DEFAULT_SPLITS[format]
@@ -121,6 +164,8 @@ class KestrelDataModule(pl.LightningDataModule):
                         f"{self._vocabulary}: every split must name the same classes (or keypoints)"
                     )
             check_files_exist(split.files, split.description)
+            if self.check_files:
+                check_split(split, split.description)
             self._splits[stage] = split
         return self._splits[stage]
 

@@ -72,6 +72,9 @@ def load_coco(path: str | Path) -> CocoFile:
     if len(set(category_ids)) != len(category_ids):
         raise ValueError(f"annotation file {str(path)!r} repeats category ids: {category_ids}")
     images = sorted(data["images"], key=lambda im: im["id"])
+    if not images:
+        raise ValueError(f"annotation file {str(path)!r} lists no images: an empty split can be neither trained "
+                         "nor evaluated")
     image_ids = {im["id"] for im in images}
     known = set(category_ids)
     annotations: dict[int, list[dict]] = defaultdict(list)

@@ -89,8 +89,12 @@ def _clip_boxes(boxes: np.ndarray, width: int | None, height: int | None) -> np.
     return boxes
 
 
+def _has_area(boxes: np.ndarray) -> np.ndarray:
+    return (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+
+
 def _drop_degenerate(boxes: np.ndarray, *others: np.ndarray) -> tuple[int, tuple[np.ndarray, ...]]:
-    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    keep = _has_area(boxes)
     return int((~keep).sum()), (boxes[keep], *(o[keep] for o in others))
 
 
@@ -99,7 +103,7 @@ def coco_detection_split(root: str | Path, split: str) -> DetectionSplit:
     root = Path(root)
     coco = load_coco(root / "annotations" / f"instances_{split}.json")
     label_of = coco.label_of
-    records, degenerate, crowd = [], 0, 0
+    records, degenerate, crowd = [], [], 0
     for image in coco.images:
         anns = [a for a in coco.annotations[image["id"]] if not a.get("iscrowd", 0)]
         crowd += len(coco.annotations[image["id"]]) - len(anns)
@@ -107,19 +111,23 @@ def coco_detection_split(root: str | Path, split: str) -> DetectionSplit:
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
         boxes = _clip_boxes(boxes, image.get("width"), image.get("height"))
         labels = np.asarray([label_of[a["category_id"]] for a in anns], dtype=np.int64)
-        dropped, (boxes, labels) = _drop_degenerate(boxes, labels)
-        degenerate += dropped
+        keep = _has_area(boxes)
+        degenerate += [id(a) for a, kept in zip(anns, keep) if not kept]
+        boxes, labels = boxes[keep], labels[keep]
         records.append(
             DetectionRecord(root / split / image["file_name"], image["id"], image["id"],
                             image.get("width"), image.get("height"), boxes, labels)
         )
+    ground_truth = coco.data
     if degenerate:
-        log.warning("%s: dropped %d degenerate box(es) (no area inside the image) from training",
-                    coco.path, degenerate)
+        log.warning("%s: dropped %d degenerate box(es) (no area inside the image) from training and from the "
+                    "evaluation ground truth", coco.path, len(degenerate))
+        dropped = set(degenerate)
+        ground_truth = {**coco.data, "annotations": [a for a in coco.data["annotations"] if id(a) not in dropped]}
     if crowd:
         log.info("%s: %d crowd region(s) are left out of training and count as crowd in evaluation",
                  coco.path, crowd)
-    return DetectionSplit(records, coco.class_names, coco.category_ids, coco.data, None, f"{coco.path}")
+    return DetectionSplit(records, coco.class_names, coco.category_ids, ground_truth, None, f"{coco.path}")
 
 
 def voc_detection_split(
@@ -148,7 +156,8 @@ def voc_detection_split(
                     "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": int(hard),
                 })
     if degenerate:
-        log.warning("VOC %s: dropped %d degenerate box(es) (no area inside the image)", split, degenerate)
+        log.warning("VOC %s: dropped %d degenerate box(es) (no area inside the image) from training and from the "
+                    "evaluation ground truth", split, degenerate)
     categories = [{"id": i, "name": name} for i, name in enumerate(classes, start=1)]
     gt = {"images": images, "annotations": annotations, "categories": categories}
     where = ", ".join(str(r) for r in roots)
@@ -208,6 +217,8 @@ class DetectionData(KestrelDataModule):
         use_difficult: VOC only: train on ``difficult`` objects too.
         predict_dir: A folder of images for ``predict``; the validation split by default.
         pin_memory: Page-locked batches, for faster copies to a GPU.
+        check_files: Check every image header and mask before the first step (sizes, decodable, mask
+            modes and class indices): a bad file fails the run at once, not after an epoch.
     """
 
     def __init__(
@@ -226,8 +237,10 @@ class DetectionData(KestrelDataModule):
         use_difficult: bool = False,
         predict_dir: str | None = None,
         pin_memory: bool = True,
+        check_files: bool = True,
     ):
-        super().__init__(format, train_split, val_split, test_split, predict_dir, batch_size, num_workers, pin_memory)
+        super().__init__(format, train_split, val_split, test_split, predict_dir, batch_size, num_workers, pin_memory,
+                         check_files)
         if format == "coco" and (classes or train_roots):
             raise ValueError("data.classes and data.train_roots are for VOC data; COCO names its categories")
         self.root = root

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -49,3 +50,21 @@ def check_files_exist(files: list[Path], what: str) -> None:
     if missing:
         shown = ", ".join(missing[:5]) + (f", ... ({len(missing)} in all)" if len(missing) > 5 else "")
         raise FileNotFoundError(f"{len(missing)} image(s) of {what} do not exist: {shown}")
+
+
+def image_problem(path: Path, width: int | None = None, height: int | None = None) -> str | None:
+    """What is wrong with image ``path`` by its header (empty, not an image, another size than its
+    annotation's ``width`` x ``height``), or None. Reads the header only: a file corrupt past its
+    header is found when it is decoded."""
+    try:
+        if path.stat().st_size == 0:
+            return f"image {str(path)!r} is empty (0 bytes)"
+        with Image.open(path) as image:
+            size = image.size
+    except FileNotFoundError:
+        return f"image {str(path)!r} does not exist"
+    except Exception as err:  # noqa: BLE001 - PIL raises many kinds for "not an image"
+        return f"image {str(path)!r} cannot be decoded ({type(err).__name__}: {err})"
+    if width and height and size not in ((width, height), (height, width)):  # (EXIF rotation swaps them)
+        return f"image {str(path)!r} is {size[0]}x{size[1]} pixels, its annotation says {width}x{height}"
+    return None

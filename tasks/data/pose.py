@@ -382,6 +382,8 @@ class PoseData(KestrelDataModule):
         predict_dir: A folder of images for ``predict`` (boxes from ``det_file``, image ids its file
             names; else each whole image is one box); the validation split by default.
         pin_memory: Page-locked batches, for faster copies to a GPU.
+        check_files: Check every image header and mask before the first step (sizes, decodable, mask
+            modes and class indices): a bad file fails the run at once, not after an epoch.
     """
 
     def __init__(
@@ -401,10 +403,12 @@ class PoseData(KestrelDataModule):
         num_workers: int = 4,
         predict_dir: str | None = None,
         pin_memory: bool = True,
+        check_files: bool = True,
     ):
         if format != "coco":
             raise ValueError(f"data.format must be 'coco' for pose (keypoints are COCO's format), got {format!r}")
-        super().__init__(format, train_split, val_split, test_split, predict_dir, batch_size, num_workers, pin_memory)
+        super().__init__(format, train_split, val_split, test_split, predict_dir, batch_size, num_workers, pin_memory,
+                         check_files)
         self.root = root
         self.category = category
         self.det_file = det_file

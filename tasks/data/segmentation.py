@@ -200,6 +200,8 @@ class SegmentationData(KestrelDataModule):
         num_workers: Loader processes per device.
         predict_dir: A folder of images for ``predict``; the validation split by default.
         pin_memory: Page-locked batches, for faster copies to a GPU.
+        check_files: Check every image header and mask before the first step (sizes, decodable, mask
+            modes and class indices): a bad file fails the run at once, not after an epoch.
     """
 
     def __init__(
@@ -218,8 +220,10 @@ class SegmentationData(KestrelDataModule):
         num_workers: int = 4,
         predict_dir: str | None = None,
         pin_memory: bool = True,
+        check_files: bool = True,
     ):
-        super().__init__(format, train_split, val_split, test_split, predict_dir, batch_size, num_workers, pin_memory)
+        super().__init__(format, train_split, val_split, test_split, predict_dir, batch_size, num_workers, pin_memory,
+                         check_files)
         if format == "coco" and classes:
             raise ValueError("data.classes is for VOC data; for COCO choose data.coco_classes: all or voc")
         self.root = root

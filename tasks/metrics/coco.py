@@ -33,6 +33,24 @@ def detections_to_coco(
     ]
 
 
+# COCOeval's area ranges (params.areaRng) by the suffix of a metric's name
+_AREAS = {"small": (0, 32**2), "medium": (32**2, 96**2), "large": (96**2, 1e5**2)}
+
+
+def area_of(key: str) -> tuple[float, float]:
+    """The area range a metric's name refers to (``map_small`` -> small; ``map``, ``ap_50`` -> all)."""
+    return _AREAS.get(key.rsplit("_", 1)[-1], (0, 1e5**2))
+
+
+def has_ground_truth(annotations: Sequence[dict], category_ids: set[int], area: tuple[float, float],
+                     keypoints: bool = False) -> bool:
+    """Whether COCOeval has ground truth to score in these categories and area range: a non-crowd
+    annotation (with keypoints, for keypoint evaluation). Where it has none it leaves the number undefined."""
+    low, high = area
+    return any(a["category_id"] in category_ids and not a.get("iscrowd", 0) and low <= a["area"] <= high
+               and (not keypoints or a.get("num_keypoints", 0) > 0) for a in annotations)
+
+
 def _number(value: float) -> float | None:
     """COCOeval's -1 ("no ground truth of this kind") becomes None rather than a fake number."""
     return None if value < 0 or math.isnan(value) else float(value)
@@ -46,17 +64,23 @@ def coco_detection_metrics(
     Returns the summary numbers (``map``, ``map_50``, ``map_75``, ``map_small/medium/large``,
     ``mar_1/10/100``, ``mar_small/medium/large``) exactly as COCOeval's ``stats``, and ``per_class``:
     name -> ``{"ap", "ap_50"}`` (area all, 100 detections). A number that COCOeval leaves undefined
-    (-1: no ground truth of that size or class) is None. With ``return_precision`` also COCOeval's
+    (-1: no ground truth of that size or class) is None, also without any detections. With
+    ``return_precision`` also COCOeval's
     precision array ``[IoU, recall, class, area, max dets]`` (None without detections).
     """
     gt = COCO()
     gt.dataset = {k: ground_truth[k] for k in ("images", "annotations", "categories")}
     gt.createIndex()
     categories = sorted(c["id"] for c in ground_truth["categories"])
-    if not detections:
-        log.warning("no detections to evaluate: every AP is 0")
-        zero = {k: 0.0 for k in COCO_DETECTION_KEYS}
-        metrics = {**zero, "per_class": {name: {"ap": 0.0, "ap_50": 0.0} for name in class_names}}
+    if not detections:  # COCOeval cannot load none: 0 where there is ground truth to miss, else undefined
+        log.warning("no detections to evaluate: every AP with ground truth to find is 0")
+        annotations = ground_truth["annotations"]
+        metrics = {k: 0.0 if has_ground_truth(annotations, set(categories), area_of(k)) else None
+                   for k in COCO_DETECTION_KEYS}
+        metrics["per_class"] = {}
+        for name, category in zip(class_names, categories):
+            value = 0.0 if has_ground_truth(annotations, {category}, area_of("ap")) else None
+            metrics["per_class"][name] = {"ap": value, "ap_50": value}
         return (metrics, None) if return_precision else metrics
     dt = gt.loadRes(detections)
     evaluator = COCOeval_faster(gt, dt, "bbox", print_function=log.debug)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 from faster_coco_eval import COCO, COCOeval_faster
 
-from .coco import _number
+from .coco import _number, area_of, has_ground_truth
 
 log = logging.getLogger(__name__)
 
@@ -74,15 +74,16 @@ def coco_keypoint_metrics(ground_truth: dict, results: list[dict], sigmas: Seque
 
     Returns ``ap``, ``ap_50``, ``ap_75``, ``ap_medium``, ``ap_large``, ``ar``, ``ar_50``, ``ar_75``,
     ``ar_medium``, ``ar_large`` exactly as COCOeval's ``stats`` with these ``sigmas``; None where
-    COCOeval leaves a number undefined (no ground truth of that size). Without any results every
-    number is 0.
+    COCOeval leaves a number undefined (no ground truth of that size), also without any results.
     """
     gt = COCO()
     gt.dataset = {k: ground_truth[k] for k in ("images", "annotations", "categories")}
     gt.createIndex()
-    if not results:
-        log.warning("no keypoint results to evaluate: every AP is 0")
-        return {k: 0.0 for k in COCO_KEYPOINT_KEYS}
+    if not results:  # COCOeval cannot load none: 0 where there is ground truth to miss, else undefined
+        log.warning("no keypoint results to evaluate: every AP with ground truth to find is 0")
+        annotations = ground_truth["annotations"]
+        return {k: 0.0 if has_ground_truth(annotations, {category_id}, area_of(k), keypoints=True) else None
+                for k in COCO_KEYPOINT_KEYS}
     dt = gt.loadRes(results)
     evaluator = COCOeval_faster(gt, dt, "keypoints", print_function=log.debug, kpt_oks_sigmas=list(sigmas))
     evaluator.params.catIds = [category_id]
