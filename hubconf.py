@@ -5,7 +5,10 @@ weights unless ``pretrained_backbone=True`` (then from torchvision's / timm's ca
 ``weights=`` loads a Kestrel checkpoint or state dict of the whole network.
 """
 
-dependencies = ["torch", "torchvision", "timm", "segmentation_models_pytorch", "jsonargparse", "yaml"]
+# what the entry points import (torch.hub checks each is importable before loading this file)
+dependencies = ["torch", "torchvision", "timm", "segmentation_models_pytorch", "pytorch_lightning", "torchmetrics",
+                "jsonargparse", "yaml", "numpy", "cv2", "PIL", "matplotlib", "tqdm", "albumentations", "pycocotools",
+                "faster_coco_eval"]
 
 from backbones import build_backbone as backbone  # noqa: E402, F401  (a bare pyramid by name)
 from backbones.interop import torchvision_backbone  # noqa: E402, F401
@@ -21,6 +24,16 @@ def ssdlite_mbv3(num_classes: int = 80, image_size: int = 320, **kwargs):
 def ssdlite_mbv2(num_classes: int = 80, image_size: int = 320, **kwargs):
     """SSDLite on MobileNetV2 (``configs/ssdlite_mbv2.yaml``)."""
     return model_from_config("ssdlite_mbv2", num_classes=num_classes, image_size=image_size, **kwargs)
+
+
+def ssdlite_mbv1(num_classes: int = 80, image_size: int = 320, **kwargs):
+    """SSDLite on MobileNetV1 (``configs/ssdlite_mbv1.yaml``), the MobileNet-SSD pairing."""
+    return model_from_config("ssdlite_mbv1", num_classes=num_classes, image_size=image_size, **kwargs)
+
+
+def ssdlite_mbv4s(num_classes: int = 80, image_size: int = 320, **kwargs):
+    """SSDLite on MobileNetV4-conv-small (``configs/ssdlite_mbv4s.yaml``)."""
+    return model_from_config("ssdlite_mbv4s", num_classes=num_classes, image_size=image_size, **kwargs)
 
 
 def ssdlite_effb0(num_classes: int = 80, image_size: int = 320, **kwargs):

@@ -83,8 +83,9 @@ class KestrelCheckpoint(ModelCheckpoint):
         self._save_last_checkpoint(trainer, candidates)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        """A run that fails (a bad file found while training, an interrupt) still leaves ``last.ckpt``."""
-        if not self._skip(trainer):
+        """A run that fails (a bad file found while training, an interrupt) still leaves ``last.ckpt``, if it
+        trained a step (before that, the checkpoint folder is not even chosen)."""
+        if not self._skip(trainer) and trainer.global_step > 0 and self.dirpath is not None:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     @staticmethod
@@ -130,6 +131,10 @@ class KestrelCLI(LightningCLI):
         return {**LightningCLI.subcommands(), "export": {"model", "datamodule"}}
 
     def add_arguments_to_parser(self, parser) -> None:
+        for action in parser._actions:
+            if action.dest == "model.backbone" and hasattr(action, "extra_help"):
+                # jsonargparse would list every importable nn.Module subclass (2,000 lines) and no backbone
+                action.extra_help = _backbone_help
         for source, target in self.links.items():
             parser.link_arguments(source, target, apply_on="instantiate")
         parser.add_lightning_class_args(KestrelCheckpoint, "checkpoint")
@@ -219,6 +224,13 @@ class KestrelCLI(LightningCLI):
 
     def before_predict(self) -> None:
         self._run_exported()
+
+
+def _backbone_help() -> str:
+    from backbones import list_backbones
+
+    return (f"; model.backbone.name: one of {', '.join(list_backbones())}, or timm:<model_name>; or any "
+            "backbones.Pyramid module by class_path")
 
 
 def find_checkpoint(name: str, root: str | Path) -> Path:

@@ -119,3 +119,12 @@ def test_truncated_foreign_and_other_backbone_checkpoints(data, detector_checkpo
     line = one_line(capsys)
     assert (f"weights {str(detector_checkpoint)!r} are a checkpoint of backbone 'mobilenet_v3_small', this model's "
             "backbone is 'mobilenet_v3_large'") in line and len(line) < 700
+
+
+def test_fit_help_names_the_backbones(capsys):
+    with pytest.raises(SystemExit):
+        detect.cli_main(["fit", "--help"])
+    text = capsys.readouterr().out
+    assert "model.backbone.name: one of efficientnet_b0," in " ".join(text.split())
+    assert "mobilenet_v3_large" in text and "ofa_mbv3" in text
+    assert "torch.nn.Linear" not in text and len(text.splitlines()) < 1000  # not every nn.Module subclass

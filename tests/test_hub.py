@@ -1,6 +1,9 @@
 """torch.hub entry points (hubconf.py) and models built from configs."""
 
+import ast
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,9 +22,39 @@ def test_hubconf_has_a_model_per_task_config():
     hubconf = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hubconf)
     names = {name for name in dir(hubconf) if callable(getattr(hubconf, name)) and not name.startswith("_")}
-    assert {"ssdlite_mbv3", "ssdlite_mbv2", "ssdlite_effb0", "deeplabv3plus_mbv2", "deeplabv3plus_mbv3",
+    assert {"ssdlite_mbv3", "ssdlite_mbv2", "ssdlite_mbv1", "ssdlite_mbv4s", "ssdlite_effb0", "deeplabv3plus_mbv2",
+            "deeplabv3plus_mbv3",
             "deeplabv3plus_effb0", "pose_mbv2", "pose_mbv3", "pose_effb0", "backbone",
             "torchvision_backbone"} <= names
+
+
+def test_hubconf_dependencies_name_every_package_its_models_import():
+    """torch.hub checks ``dependencies`` before loading hubconf: every third-party package the modules the
+    entry points load import at module level is listed."""
+    script = """
+import ast, sys
+from pathlib import Path
+import hubconf
+for name in ("ssdlite_mbv3", "deeplabv3plus_mbv2", "pose_mbv2"):
+    getattr(hubconf, name)()
+repo = Path.cwd().resolve()
+own = {"backbones", "heads", "tasks", "hubconf"}
+found = set()
+for module in list(sys.modules.values()):
+    path = getattr(module, "__file__", None)
+    if not path or not Path(path).is_absolute() or not Path(path).resolve().is_relative_to(repo):
+        continue
+    for node in ast.parse(Path(path).read_text()).body:
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            found.add(node.module.split(".")[0])
+print(sorted(found - set(sys.stdlib_module_names) - own - {"__future__"}))
+print(sorted(hubconf.dependencies))
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True)
+    imported, listed = (ast.literal_eval(line) for line in done.stdout.strip().splitlines()[-2:])
+    assert set(imported) <= set(listed), sorted(set(imported) - set(listed))
 
 
 @pytest.mark.parametrize("name,kind,kwargs,key,shape", [
