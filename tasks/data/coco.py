@@ -7,6 +7,7 @@ convention; the data set's own ids stay available for results files.
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,39 @@ class CocoFile:
         return {cid: i + 1 for i, cid in enumerate(self.category_ids)}
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _id(value: Any) -> bool:
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def _entry_problem(section: str, entry: Any) -> str | None:
+    """What makes one entry of ``images`` / ``annotations`` / ``categories`` unusable, or None."""
+    if not isinstance(entry, dict):
+        return f"is a {type(entry).__name__}, not an object"
+    if not _id(entry.get("id")) and section != "annotations":
+        return f"has no valid id ({entry.get('id')!r})"
+    if section == "categories" and not isinstance(entry.get("name"), str):
+        return f"(id {entry['id']!r}) has no name"
+    if section == "images":
+        if not isinstance(entry.get("file_name"), str) or not entry["file_name"]:
+            return f"(id {entry['id']!r}) has no file_name"
+        for key in ("width", "height"):
+            if entry.get(key) is not None and not (_finite(entry[key]) and entry[key] > 0):
+                return f"(id {entry['id']!r}) has {key} {entry[key]!r}; it must be a positive number"
+    if section == "annotations":
+        for key in ("image_id", "category_id"):
+            if not _id(entry.get(key)):
+                return f"(id {entry.get('id')!r}) has no valid {key} ({entry.get(key)!r})"
+        if "area" in entry and not _finite(entry["area"]):
+            return f"(id {entry.get('id')!r}) has area {entry['area']!r}; it must be a number"
+        if entry.get("iscrowd", 0) not in (0, 1, False, True):
+            return f"(id {entry.get('id')!r}) has iscrowd {entry['iscrowd']!r}; it must be 0 or 1"
+    return None
+
+
 def load_coco(path: str | Path) -> CocoFile:
     """Load and validate a COCO annotation file (instances or person_keypoints).
 
@@ -67,6 +101,10 @@ def load_coco(path: str | Path) -> CocoFile:
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise ValueError(f"annotation file {str(path)!r} has no {key!r} list")
+        for i, entry in enumerate(data[key]):
+            problem = _entry_problem(key, entry)
+            if problem:
+                raise ValueError(f"annotation file {str(path)!r}: {key} entry {i} {problem}")
     categories = sorted(data["categories"], key=lambda c: c["id"])
     category_ids = [c["id"] for c in categories]
     if len(set(category_ids)) != len(category_ids):
@@ -76,6 +114,8 @@ def load_coco(path: str | Path) -> CocoFile:
         raise ValueError(f"annotation file {str(path)!r} lists no images: an empty split can be neither trained "
                          "nor evaluated")
     image_ids = {im["id"] for im in images}
+    if len(image_ids) != len(images):
+        raise ValueError(f"annotation file {str(path)!r} repeats image ids")
     known = set(category_ids)
     annotations: dict[int, list[dict]] = defaultdict(list)
     for ann in data["annotations"]:
@@ -88,8 +128,10 @@ def load_coco(path: str | Path) -> CocoFile:
         if ann.get("image_id") not in image_ids:
             raise ValueError(f"{where} names image_id {ann.get('image_id')!r}, which is not among the file's images")
         bbox = ann.get("bbox")
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_finite(v) for v in bbox)):
             raise ValueError(f"{where} has a malformed bbox {bbox!r} (expected [x, y, width, height])")
+        if "area" not in ann:  # COCOeval sizes objects by it
+            ann["area"] = max(bbox[2], 0) * max(bbox[3], 0)
         annotations[ann["image_id"]].append(ann)
     return CocoFile(path, data, category_ids, [c["name"] for c in categories], images,
                     {im["id"]: annotations.get(im["id"], []) for im in images})

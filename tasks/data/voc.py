@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +65,14 @@ def read_annotation(path: str | Path, classes: list[str]) -> VocObjects:
     size = root.find("size")
     width = height = None
     if size is not None and size.findtext("width") and size.findtext("height"):
-        width, height = int(float(size.findtext("width"))), int(float(size.findtext("height")))
+        try:
+            width, height = int(float(size.findtext("width"))), int(float(size.findtext("height")))
+        except (ValueError, OverflowError):
+            raise ValueError(f"VOC annotation {str(path)!r} has a malformed size: width "
+                             f"{size.findtext('width')!r}, height {size.findtext('height')!r}") from None
+        if width <= 0 or height <= 0:
+            raise ValueError(f"VOC annotation {str(path)!r} has size {width}x{height}; width and height must be "
+                             "positive")
     boxes, labels, difficult = [], [], []
     for i, obj in enumerate(root.iter("object")):
         name = (obj.findtext("name") or "").strip()
@@ -78,6 +86,8 @@ def read_annotation(path: str | Path, classes: list[str]) -> VocObjects:
             xmin, ymin, xmax, ymax = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
         except (AttributeError, TypeError, ValueError):
             raise ValueError(f"VOC annotation {str(path)!r}: object {i} ({name}) has a malformed bndbox") from None
+        if not all(math.isfinite(v) for v in (xmin, ymin, xmax, ymax)):
+            raise ValueError(f"VOC annotation {str(path)!r}: object {i} ({name}) has a bndbox that is not finite")
         boxes.append((xmin - 1, ymin - 1, xmax, ymax))
         labels.append(classes.index(name) + 1)
         difficult.append(obj.findtext("difficult", "0").strip() == "1")
