@@ -132,6 +132,30 @@ def test_ddp_metrics_equal_a_single_process(data, trained, tmp_path, devices):
         assert two["per_class"][name] == pytest.approx(values, abs=1e-6), name
 
 
+def test_a_ddp_fit_trains_and_its_test_equals_a_single_process(data, tmp_path):
+    """``fit`` on two gloo processes through the command line: it trains (the loss is logged, checkpoints are
+    written once), and its checkpoint scores the same in one process as in two."""
+    run_dir = tmp_path / "ddp"
+    cli_main(["fit", *small(data / "coco", run_dir, "--data.batch_size", "2", "--trainer.max_epochs", "2",
+                            "--trainer.strategy", "ddp_spawn", "--trainer.devices", "2",
+                            "--trainer.log_every_n_steps", "1", "--data.augment", "ssdlite")])
+    [version] = (run_dir / "lightning_logs").glob("version_*")
+    assert sorted(p.name for p in (version / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    rows = list(csv.DictReader(open(version / "metrics.csv")))
+    assert [r["train/loss"] for r in rows if r.get("train/loss")] and [r for r in rows if r.get("val/map")]
+    ckpt = str(version / "checkpoints" / "last.ckpt")
+    assert torch.load(ckpt, weights_only=False)["global_step"] == 2 * 3  # 12 images / (2 x 2) per step, 2 epochs
+    single, double = tmp_path / "single", tmp_path / "double"
+    with threads(1):
+        cli_main(["test", *small(data / "coco", single, "--ckpt_path", ckpt)])
+    cli_main(["test", *small(data / "coco", double, "--ckpt_path", ckpt, "--data.batch_size", "2",
+                             "--trainer.strategy", "ddp_spawn", "--trainer.devices", "2")])
+    one, two = read_metrics(single), read_metrics(double)
+    for key in one:
+        if key != "per_class":
+            assert two[key] == pytest.approx(one[key], abs=1e-6), key
+
+
 # ----------------------------------------------------------------------------- shipping
 @pytest.fixture(scope="module")
 def checkpoint_metrics(data, trained):
