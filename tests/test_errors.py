@@ -128,3 +128,11 @@ def test_fit_help_names_the_backbones(capsys):
     assert "model.backbone.name: one of efficientnet_b0," in " ".join(text.split())
     assert "mobilenet_v3_large" in text and "ofa_mbv3" in text
     assert "torch.nn.Linear" not in text and len(text.splitlines()) < 1000  # not every nn.Module subclass
+
+
+def test_imagenet_weights_offline_are_one_line_saying_where_to_put_them(data, tmp_path, hub_dir, capsys):
+    args = ["fit", "--config", str(DEMO / "ssdlite_mbv3_shapes.yaml"), "--data.root", str(data / "coco"),
+            "--model.backbone.pretrained", "true", "--trainer.default_root_dir", str(tmp_path)]
+    assert main(detect.cli_main, args) == 1
+    line = one_line(capsys)
+    assert "torchvision's ImageNet weights for mobilenet_v3_large" in line and f"put it at {hub_dir}" in line
