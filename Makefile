@@ -10,7 +10,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 DEMO_DATA := data/shapes
 DEMO_CONFIG := configs/demo/ssdlite_mbv3_shapes.yaml
 
-.PHONY: install test test-all demo demo-export demo-int8 demo-segment demo-pose demo-ssdlite320 bench bench-grid lint clean
+.PHONY: install test test-all demo demo-export demo-int8 demo-segment demo-pose demo-ssdlite320 bench bench-grid bench-int8-backbones lint clean
 
 install: $(STAMP)
 
@@ -88,6 +88,9 @@ bench: install $(DEMO_DATA)/coco/annotations/instances_val2017.json  ## speed an
 
 bench-grid: install  ## SSDLite on MobileNetV2 / V3: width multiplier x input resolution
 	$(PY) -m tasks.benchmark --grid
+
+bench-int8-backbones: install $(DEMO_DATA)/coco/annotations/instances_val2017.json  ## fp32 vs INT8 mAP of SSDLite on MobileNetV1/V2/V3/EfficientNet-Lite0 (50 min)
+	$(PY) -m tasks.benchmark quantization
 
 lint: install
 	$(VENV)/bin/ruff check .
