@@ -31,3 +31,24 @@ def test_workers_of_two_ranks_draw_differently_and_reproducibly(monkeypatch):
     monkeypatch.setattr(module, "process_rank", lambda: 1)  # the workers fork with it
     rank1 = draws()  # the loader's generator seeds both alike, as seed_everything does on every rank
     assert (rank0 != rank1).all(), (rank0, rank1)  # every source: torch, random, numpy
+
+
+def test_without_workers_a_second_rank_draws_differently(tmp_path, monkeypatch):
+    """num_workers 0: the process itself augments; every rank but the first reseeds its generators by rank."""
+    from tasks.data.detection import DetectionData
+    from tasks.data.synthetic import generate
+
+    root = generate(tmp_path / "shapes", train=4, val=2, seed=3, progress=False) / "coco"
+
+    def first_batch():
+        torch.manual_seed(0)  # as seed_everything does on every rank
+        data = DetectionData(str(root), image_size=64, batch_size=4, num_workers=0, augment="ssdlite")
+        data.setup("fit")
+        return [t["boxes"] for t in next(iter(data.train_dataloader()))[1]]
+
+    monkeypatch.setattr(module, "process_rank", lambda: 1)
+    rank1, again = first_batch(), first_batch()
+    assert all(torch.equal(a, b) for a, b in zip(rank1, again))  # seeded: the same rank draws the same
+    monkeypatch.setattr(module, "process_rank", lambda: 2)
+    rank2 = first_batch()
+    assert not all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(rank1, rank2))

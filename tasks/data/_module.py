@@ -48,12 +48,17 @@ def seed_worker(worker_id: int) -> None:
     any user code draw from.
     """
     info = get_worker_info()
-    seed = int(np.random.SeedSequence([info.seed % 2**63, process_rank()]).generate_state(1)[0])
-    # every draw's source: torch's (torchvision's IoU crop and zoom-out), Python's and NumPy's global ones
+    seed_draws(info.dataset, info.seed)
+
+
+def seed_draws(dataset: Dataset, base: int) -> None:
+    """Seed every source a loader draws from — torch's generator (torchvision's IoU crop and zoom-out),
+    Python's, NumPy's, and the dataset's (or its albumentations pipeline's) — from ``base`` and the rank."""
+    seed = int(np.random.SeedSequence([base % 2**63, process_rank()]).generate_state(1)[0])
     torch.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed)
-    for owner in (info.dataset, getattr(info.dataset, "transform", None)):
+    for owner in (dataset, getattr(dataset, "transform", None)):
         if hasattr(owner, "set_random_seed"):
             owner.set_random_seed(seed)
             return
@@ -175,6 +180,9 @@ class KestrelDataModule(pl.LightningDataModule):
 
     def _loader(self, stage: str, train: bool, drop_last: bool = False) -> DataLoader:
         dataset = self.dataset(self.split(stage), train)
+        if train and self.num_workers == 0 and process_rank() > 0:
+            # no workers: this process draws the augmentations, its generators seeded alike on every rank
+            seed_draws(dataset, torch.initial_seed())
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
