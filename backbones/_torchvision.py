@@ -27,7 +27,7 @@ def _conv_stride(module: nn.Module) -> int:
     return math.prod(m.stride[0] for m in module.modules() if isinstance(m, nn.Conv2d))
 
 
-def _channels(body: nn.Sequential) -> list[int]:
+def _channels(body: Sequence[nn.Module]) -> list[int]:
     """Channels after each layer of ``body``: its last convolution's so far (norms and activations keep
     them; MNASNet's stem is a flat run of convs, norms and activations)."""
     channels, current = [], 0

@@ -11,11 +11,10 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 from tqdm import tqdm
 
-from .images import check_files_exist, image_problem, list_images
+from .images import check_files_exist, check_image_header, list_images
 
 STAGES = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
 DEFAULT_SPLITS = {"coco": ("train2017", "val2017"), "voc": ("train", "val")}
@@ -73,20 +72,17 @@ def check_split(split: Any, what: str) -> None:
     records = getattr(split, "records", None) or getattr(split, "images", None) or []
     problems = []
     for record in tqdm(records, desc=f"checking {what}", unit="image", disable=None, leave=False):
-        problem = image_problem(Path(record.file), getattr(record, "width", None), getattr(record, "height", None))
-        mask_file = getattr(record, "mask_file", None)
-        if problem is None and mask_file is not None:
-            try:
+        try:
+            size = check_image_header(Path(record.file), getattr(record, "width", None),
+                                      getattr(record, "height", None))
+            mask_file = getattr(record, "mask_file", None)
+            if mask_file is not None:
                 mask = read_mask(mask_file, len(split.class_names) + 1)
-                with Image.open(record.file) as image:
-                    size = image.size
                 if mask.shape[::-1] != size:
-                    problem = (f"mask {str(mask_file)!r} is {mask.shape[1]}x{mask.shape[0]} pixels, its image "
-                               f"{str(record.file)!r} {size[0]}x{size[1]}")
-            except (ValueError, FileNotFoundError) as err:
-                problem = str(err)
-        if problem:
-            problems.append(problem)
+                    raise ValueError(f"mask {str(mask_file)!r} is {mask.shape[1]}x{mask.shape[0]} pixels, its image "
+                                     f"{str(record.file)!r} {size[0]}x{size[1]}")
+        except (ValueError, FileNotFoundError) as err:
+            problems.append(str(err))
     if problems:
         more = f" (and {len(problems) - 1} more bad file(s) in {what})" if len(problems) > 1 else ""
         raise ValueError(problems[0] + more)

@@ -53,7 +53,8 @@ class CocoFile:
         return {cid: i + 1 for i, cid in enumerate(self.category_ids)}
 
 
-def _finite(value: Any) -> bool:
+def finite_number(value: Any) -> bool:
+    """A JSON number that is finite (not a bool, NaN or infinity)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -73,13 +74,13 @@ def _entry_problem(section: str, entry: Any) -> str | None:
         if not isinstance(entry.get("file_name"), str) or not entry["file_name"]:
             return f"(id {entry['id']!r}) has no file_name"
         for key in ("width", "height"):
-            if entry.get(key) is not None and not (_finite(entry[key]) and entry[key] > 0):
+            if entry.get(key) is not None and not (finite_number(entry[key]) and entry[key] > 0):
                 return f"(id {entry['id']!r}) has {key} {entry[key]!r}; it must be a positive number"
     if section == "annotations":
         for key in ("image_id", "category_id"):
             if not _id(entry.get(key)):
                 return f"(id {entry.get('id')!r}) has no valid {key} ({entry.get(key)!r})"
-        if "area" in entry and not _finite(entry["area"]):
+        if "area" in entry and not finite_number(entry["area"]):
             return f"(id {entry.get('id')!r}) has area {entry['area']!r}; it must be a number"
         if entry.get("iscrowd", 0) not in (0, 1, False, True):
             return f"(id {entry.get('id')!r}) has iscrowd {entry['iscrowd']!r}; it must be 0 or 1"
@@ -128,7 +129,7 @@ def load_coco(path: str | Path) -> CocoFile:
         if ann.get("image_id") not in image_ids:
             raise ValueError(f"{where} names image_id {ann.get('image_id')!r}, which is not among the file's images")
         bbox = ann.get("bbox")
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_finite(v) for v in bbox)):
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(finite_number(v) for v in bbox)):
             raise ValueError(f"{where} has a malformed bbox {bbox!r} (expected [x, y, width, height])")
         if "area" not in ann:  # COCOeval sizes objects by it
             ann["area"] = max(bbox[2], 0) * max(bbox[3], 0)

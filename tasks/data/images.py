@@ -52,19 +52,19 @@ def check_files_exist(files: list[Path], what: str) -> None:
         raise FileNotFoundError(f"{len(missing)} image(s) of {what} do not exist: {shown}")
 
 
-def image_problem(path: Path, width: int | None = None, height: int | None = None) -> str | None:
-    """What is wrong with image ``path`` by its header (empty, not an image, another size than its
-    annotation's ``width`` x ``height``), or None. Reads the header only: a file corrupt past its
-    header is found when it is decoded."""
+def check_image_header(path: Path, width: int | None = None, height: int | None = None) -> tuple[int, int]:
+    """The ``(width, height)`` of image ``path`` by its header; ``ValueError`` (or ``FileNotFoundError``)
+    naming the file if it is empty, not an image, or another size than its annotation's ``width`` x
+    ``height``. Reads the header only: a file corrupt past its header is found when it is decoded."""
+    if not path.is_file():
+        raise FileNotFoundError(f"image {str(path)!r} does not exist")
+    if path.stat().st_size == 0:
+        raise ValueError(f"image {str(path)!r} is empty (0 bytes)")
     try:
-        if path.stat().st_size == 0:
-            return f"image {str(path)!r} is empty (0 bytes)"
         with Image.open(path) as image:
             size = image.size
-    except FileNotFoundError:
-        return f"image {str(path)!r} does not exist"
     except Exception as err:  # noqa: BLE001 - PIL raises many kinds for "not an image"
-        return f"image {str(path)!r} cannot be decoded ({type(err).__name__}: {err})"
+        raise ValueError(f"image {str(path)!r} cannot be decoded ({type(err).__name__}: {err})") from None
     if width and height and size not in ((width, height), (height, width)):  # (EXIF rotation swaps them)
-        return f"image {str(path)!r} is {size[0]}x{size[1]} pixels, its annotation says {width}x{height}"
-    return None
+        raise ValueError(f"image {str(path)!r} is {size[0]}x{size[1]} pixels, its annotation says {width}x{height}")
+    return size

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from heads.pose import flip_index
 
 from ._module import KestrelDataModule
-from .coco import _finite, load_coco, load_json
+from .coco import finite_number, load_coco, load_json
 from .images import read_image
 
 log = logging.getLogger(__name__)
@@ -163,11 +163,14 @@ def coco_pose_split(root: str | Path, split: str, category: str | None, train: b
             if ann["category_id"] != cat["id"]:
                 continue
             keypoints = ann.get("keypoints")
-            if not isinstance(keypoints, list) or len(keypoints) != 3 * k or not all(map(_finite, keypoints)):
+            if isinstance(keypoints, list) and len(keypoints) == 3 * k and not all(map(finite_number, keypoints)):
+                raise ValueError(f"annotation file {str(coco.path)!r}: annotation {ann.get('id')!r} has keypoint "
+                                 "values that are not finite numbers")
+            if not isinstance(keypoints, list) or len(keypoints) != 3 * k:
                 raise ValueError(
                     f"annotation file {str(coco.path)!r}: annotation {ann.get('id')!r} has "
                     f"{'no keypoints' if not isinstance(keypoints, list) else f'{len(keypoints)} keypoint values'}; "
-                    f"category {cat['name']!r} has {k} keypoints, so 3 x {k} = {3 * k} numbers (x, y, visibility)"
+                    f"category {cat['name']!r} has {k} keypoints, so 3 x {k} = {3 * k} values (x, y, visibility)"
                 )
             if "num_keypoints" not in ann:  # COCOeval ignores people without visible keypoints by it
                 ann["num_keypoints"] = int((np.asarray(keypoints[2::3]) > 0).sum())
