@@ -15,8 +15,11 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+import yaml
+from matplotlib.figure import Figure
 from pytorch_lightning.cli import OptimizerCallable
 from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.utilities.parsing import collect_init_args
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -24,11 +27,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from backbones import Backbone, ensure_pyramid, inference_copy
 from backbones._weights import load_weights, read_state_dict
 
+from . import plots
 from .metrics import gather_by_index
 from .optim import SchedulerCallable, TrainingLength, param_groups
 from .runtime import ExportedModel, file_size_mb, load_exported, run_images
 
 log = logging.getLogger(__name__)
+
+# Detections and poses scoring at least this are drawn (predict's images, the reports' samples, TensorBoard).
+DRAW_SCORE = 0.3
 
 # Lightning rebuilds a task from a checkpoint's hyperparameters with this (jsonargparse, as the CLI does).
 INSTANTIATOR = "pytorch_lightning.cli.instantiate_module"
@@ -113,6 +120,7 @@ class KestrelTask(pl.LightningModule):
         self._initialized = False
         self._results: dict[int, Any] = {}
         self._started = 0.0
+        self._drawing: Path | None = None
 
     def _save_arguments(self, frame) -> None:
         """The task's arguments (the subclass's too) as its hyperparameters: LightningCLI's parsed config
@@ -251,6 +259,22 @@ class KestrelTask(pl.LightningModule):
 
     def on_predict_epoch_start(self) -> None:
         self._start_evaluation()
+        draw = getattr(self.trainer, "draw_predictions", True)
+        self._drawing = Path(self.log_dir()) / "predictions" / "images" if draw else None
+        if self._drawing is not None:
+            self._drawing.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def drawing(self) -> Path | None:
+        """Where ``predict`` writes each image with its predictions drawn; None with ``predict --draw false``."""
+        return self._drawing
+
+    def drawing_note(self) -> str:
+        """What ``predict`` drew, for the line it prints."""
+        if self._drawing is None:
+            return ""
+        count = sum(1 for f in self._drawing.iterdir() if f.is_file())
+        return f"; drawn on each image: {self._drawing} ({count} files)"
 
     # evaluation, shared by every task
     def collect(self, batch) -> Any:
@@ -264,6 +288,17 @@ class KestrelTask(pl.LightningModule):
     def write_report(self, log_dir: str, split: Any, results: dict[int, Any], metrics: dict, seconds: float) -> Path:
         """Write ``report/`` (numbers, plots, the run's details) into ``log_dir``; return the folder."""
         raise NotImplementedError
+
+    def samples(self, split: Any, results: dict[int, Any]) -> Figure:
+        """Ground truth beside predictions on a few of the split's images (the report, TensorBoard)."""
+        raise NotImplementedError
+
+    def learning_curves(self) -> dict[str, Figure]:
+        """``{"learning_curves": figure}`` of the training that made the weights evaluated, read from its
+        ``metrics.csv`` (:func:`training_logs`); empty when there is none (weights from elsewhere, no CSV log)."""
+        logs = training_logs(self.trainer, self.exported.metadata.get("checkpoint") if self.exported else None)
+        figure = plots.learning_curves(logs, self.main_metric) if logs else None
+        return {"learning_curves": figure} if figure is not None else {}
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self.collect(batch)
@@ -279,7 +314,11 @@ class KestrelTask(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
-        self._log_metrics("val", self.evaluate(self.trainer.datamodule.split("val"), self.gathered()))
+        split, results = self.trainer.datamodule.split("val"), self.gathered()
+        self._log_metrics("val", self.evaluate(split, results))
+        board = next((lg for lg in self.loggers if isinstance(lg, TensorBoardLogger)), None)
+        if board is not None and self.trainer.is_global_zero:  # what the weights of this epoch predict
+            board.experiment.add_figure("val/samples", self.samples(split, results), self.global_step)
 
     def on_test_epoch_end(self) -> None:
         split = self.trainer.datamodule.split("test")
@@ -332,6 +371,51 @@ class KestrelTask(pl.LightningModule):
     def log_dir(self) -> str:
         """The run's log folder; a collective under DDP, so every process must ask."""
         return self.trainer.log_dir
+
+
+def training_logs(trainer: pl.Trainer, exported_from: str | None = None) -> list[Path]:
+    """The ``metrics.csv`` files of the training that made the weights being evaluated: the run folder of the
+    checkpoint (``version_N/checkpoints/x.ckpt``; for an exported file, the checkpoint it came from) and of
+    any later ``fit`` that resumed from that folder's checkpoints (its ``config.yaml`` names one), in order;
+    else the trainer's own CSV log when it has trained (fit, then test, in one process)."""
+    checkpoint = exported_from or getattr(trainer, "ckpt_path", None)
+    if checkpoint and Path(checkpoint).parent.name == "checkpoints":
+        folder = Path(checkpoint).parent
+        runs = [folder.parent]
+        for run in sorted(folder.parent.parent.glob("version_*"), key=_version_number):
+            if run != folder.parent and _resumed_from(run) == folder.resolve():
+                runs.append(run)
+        return [run / "metrics.csv" for run in runs if _trained(run / "metrics.csv")]
+    if checkpoint is None and trainer.global_step > 0:
+        for logger in trainer.loggers:
+            if isinstance(logger, CSVLogger):
+                logger.save()
+                log = Path(logger.log_dir) / "metrics.csv"
+                return [log] if log.is_file() else []
+    return []
+
+
+def _trained(log: Path) -> bool:
+    """Whether a ``metrics.csv`` logged training (not only a test run's numbers)."""
+    try:
+        with open(log) as file:
+            return "train/" in file.readline()
+    except OSError:
+        return False
+
+
+def _version_number(run: Path) -> int:
+    number = run.name.removeprefix("version_")
+    return int(number) if number.isdigit() else -1
+
+
+def _resumed_from(run: Path) -> Path | None:
+    """The checkpoint folder whose checkpoint a run started from (its saved config's ``ckpt_path``)."""
+    try:
+        path = yaml.safe_load((run / "config.yaml").read_text()).get("ckpt_path")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    return Path(path).parent.resolve() if path else None
 
 
 def backbone_name(network: nn.Module) -> str:

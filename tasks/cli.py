@@ -10,15 +10,38 @@ from pathlib import Path
 from typing import Literal
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 
 from .quantize import DEFAULT_KEEP_FLOAT, Calibration, KeepFloat
 from .runtime import is_exported
 
 
 class KestrelTrainer(pl.Trainer):
-    """Lightning's Trainer with one more entry point, :meth:`export` (``python -m tasks.<task> export``)."""
+    """Lightning's Trainer with one more entry point, :meth:`export` (``python -m tasks.<task> export``), and
+    :meth:`predict` drawing the predictions on the images."""
+
+    draw_predictions = True
+
+    def predict(self, model=None, dataloaders=None, datamodule=None, return_predictions=None, ckpt_path=None,
+                weights_only=None, draw: bool = True):
+        """Lightning's ``predict``: Kestrel's tasks write their predictions into the run's ``predictions/``
+        folder (COCO results JSON, or label PNGs) and, with ``draw``, each image with its predictions drawn
+        on it (boxes with class names and scores, label overlays with a legend, skeletons) into
+        ``predictions/images/``.
+
+        Args:
+            model: The task.
+            dataloaders: Images to predict on (default: the data module's ``predict_dir`` or validation split).
+            datamodule: The data.
+            return_predictions: Whether to return what ``predict_step`` returns.
+            ckpt_path: The checkpoint (``best``, ``last``, a path, or an exported file).
+            weights_only: Lightning's ``torch.load`` setting.
+            draw: Write the images with their predictions drawn (``false``: the result files only).
+        """
+        self.draw_predictions = draw
+        return super().predict(model, dataloaders, datamodule, return_predictions, ckpt_path, weights_only)
 
     def export(
         self,
@@ -147,6 +170,21 @@ class KestrelCLI(LightningCLI):
             "checkpoint.auto_insert_metric_name": False,
         })
 
+    def instantiate_trainer(self, **kwargs) -> pl.Trainer:
+        """The trainer, logging by default to CSV and TensorBoard in the same ``version_N`` folder, with the
+        learning rate logged every step."""
+        config = self._get(self.config_init, "trainer", default={})
+        loggers = config.get("logger")
+        if loggers is None or loggers is True:
+            root = config.get("default_root_dir") or os.getcwd()
+            kwargs["logger"] = loggers = default_loggers(root)
+        if loggers and self.subcommand == "fit":
+            callbacks = config.get("callbacks") or []
+            callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
+            if not any(isinstance(c, LearningRateMonitor) for c in callbacks):
+                kwargs["callbacks"] = [*callbacks, LearningRateMonitor(logging_interval="step")]
+        return super().instantiate_trainer(**kwargs)
+
     def _parse_ckpt_path(self) -> None:
         """Resolve ``best`` / ``last`` first, so that their hyperparameters are read as a path's are; an
         exported file has none to read; a file that is no checkpoint of this task is one clear error."""
@@ -231,6 +269,14 @@ def _backbone_help() -> str:
 
     return (f"; model.backbone.name: one of {', '.join(list_backbones())}, or timm:<model_name>; or any "
             "backbones.Pyramid module by class_path")
+
+
+def default_loggers(root: str | Path) -> list[Logger]:
+    """CSV and TensorBoard logs in one ``<root>/lightning_logs/version_N`` folder, the next free one (built
+    apart, each of Lightning's loggers would pick the next free version itself, the second one after the
+    first's)."""
+    table = CSVLogger(root)
+    return [table, TensorBoardLogger(root, version=table.version, default_hp_metric=False)]
 
 
 def find_checkpoint(name: str, root: str | Path) -> Path:

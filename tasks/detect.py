@@ -3,7 +3,8 @@
 Trains and evaluates an SSDLite detector on any Kestrel backbone, on COCO or VOC folders. ``test``
 writes ``report/metrics.json`` and ``report/report.md`` into the run's log folder (COCO numbers by
 COCOeval on the data set's own ground truth; VOC07/VOC12 mAP@0.5 too on VOC data); ``predict`` writes
-``predictions/detections.json`` in COCO results format with the data set's own ids; ``export`` writes
+``predictions/detections.json`` in COCO results format with the data set's own ids, and each image with
+its detections drawn into ``predictions/images/`` (``--draw false``: none); ``export`` writes
 the detector, NMS included, as ONNX or OpenVINO (see ``tasks.export``).
 """
 
@@ -17,16 +18,16 @@ from pathlib import Path
 import torch
 from pytorch_lightning.cli import OptimizerCallable
 from torch import nn
-from torchvision.utils import draw_bounding_boxes
 
 from backbones import Backbone, Pyramid
 from heads.ssdlite import SSDLite
 
 from . import plots
-from ._base import KestrelTask
+from ._base import DRAW_SCORE, KestrelTask
 from .cli import KestrelCLI, main
 from .data.detection import DetectionData, DetectionSplit
 from .data.images import read_image
+from .drawing import draw_boxes, save_image
 from .metrics import coco_detection_metrics, detections_to_coco, voc_detection_metrics
 from .optim import SchedulerCallable, WarmupCosineLR
 from .report import write_report
@@ -162,35 +163,40 @@ class DetectionTask(KestrelTask):
         columns = ["ap", "ap_50"] + (["voc07_ap_50", "voc12_ap_50"] if voc else [])
         figures = {"per_class_ap": plots.bars({n: v["ap"] for n, v in metrics["per_class"].items()},
                                               "AP@[.5:.95] per class", "AP"),
-                   "samples": self._samples(split, results)}
+                   "samples": self.samples(split, results), **self.learning_curves()}
         if self._precision is not None:
             figures["precision_recall"] = plots.precision_recall(self._precision, split.class_names)
         return write_report(log_dir, "Detection report", metrics, headline, metrics["per_class"], columns, run, notes,
                             figures)
 
-    def _samples(self, split: DetectionSplit, results: dict[int, tuple], count: int = 4, threshold: float = 0.3):
-        """Ground truth (green) beside detections scoring at least ``threshold`` (red), a few images."""
+    def samples(self, split: DetectionSplit, results: dict[int, tuple], count: int = 4):
+        """Ground truth beside the detections scoring at least ``DRAW_SCORE``, on the first few images."""
         panels, titles = [], []
         for index in sorted(results)[:count]:
             record = split.records[index]
             image = torch.from_numpy(read_image(record.file)).permute(2, 0, 1)
-            boxes, scores, labels = results[index]
-            keep = scores >= threshold
-            gt_names = [split.class_names[label - 1] for label in record.labels.tolist()]
-            names = [f"{split.class_names[label - 1]} {s:.2f}" for label, s in zip(labels[keep], scores[keep])]
-            for drawn, labels, colour in ((record.boxes, gt_names, "lime"), (boxes[keep], names, "red")):
-                drawn = torch.as_tensor(drawn).reshape(-1, 4)
-                if len(drawn):
-                    panels.append(draw_bounding_boxes(image, drawn, labels, colors=colour, width=2))
-                else:
-                    panels.append(image)
-            titles += [f"{record.file.name}: ground truth", f"detections (score >= {threshold})"]
+            truth = draw_boxes(image, record.boxes, record.labels, split.class_names)
+            panels += [truth, self.drawn(image, results[index])]
+            titles += [f"{record.file.name}: ground truth", f"detections (score >= {DRAW_SCORE})"]
         return plots.grid(panels, titles)
+
+    def drawn(self, image: torch.Tensor, detections: tuple) -> torch.Tensor:
+        """The image with its detections scoring at least ``DRAW_SCORE``: boxes, class names and scores."""
+        boxes, scores, labels = detections
+        keep = scores >= DRAW_SCORE
+        return draw_boxes(image, boxes[keep], labels[keep], self.class_names, scores[keep])
 
     # ----------------------------------------------------------------- prediction
     def predict_step(self, batch, batch_idx: int) -> list[dict[str, torch.Tensor]]:
-        """Per image ``{"boxes", "scores", "labels"}``, boxes in original image coordinates."""
-        return self.collect(batch)
+        """Per image ``{"boxes", "scores", "labels"}``, boxes in original image coordinates; each image with
+        them drawn into ``predictions/images/`` (unless ``predict --draw false``)."""
+        detections = self.collect(batch)
+        if self.drawing is not None:
+            records = self.trainer.datamodule.split("predict").records
+            for image, info in zip(batch[0], batch[2]):
+                save_image(self.drawn(image.cpu(), self._results[info["index"]]),
+                           self.drawing / records[info["index"]].file.name)
+        return detections
 
     def on_predict_epoch_end(self) -> None:
         results = self.gathered()
@@ -205,7 +211,8 @@ class DetectionTask(KestrelTask):
         folder = Path(log_dir) / "predictions"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "detections.json").write_text(json.dumps(entries))
-        print(f"Predictions: {folder / 'detections.json'} ({len(entries)} detections on {len(results)} images)")
+        print(f"Predictions: {folder / 'detections.json'} ({len(entries)} detections on {len(results)} images)"
+              + self.drawing_note())
 
 
 # What the data tells the model (LightningCLI links them when both are built from a config).

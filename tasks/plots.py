@@ -6,7 +6,9 @@ saves them as PNG and embeds them in ``report.html``.
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import matplotlib
 
@@ -96,5 +98,80 @@ def grid(images: Sequence[torch.Tensor], titles: Sequence[str], columns: int = 4
     for axis, image, title in zip(axes.ravel(), images, titles):
         axis.imshow(image.permute(1, 2, 0).numpy())
         axis.set_title(title, fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def read_log(path) -> list[dict[str, float]]:
+    """A Lightning ``metrics.csv`` as rows of the values each holds (empty cells left out)."""
+    rows = []
+    with open(path, newline="") as file:
+        for row in csv.DictReader(file):
+            row.pop(None, None)  # cells past the header
+            values = {}
+            for key, value in row.items():
+                try:
+                    values[key] = float(value)
+                except (TypeError, ValueError):
+                    continue
+            rows.append(values)
+    return rows
+
+
+def learning_curves(paths, main_metric: str) -> Figure | None:
+    """Training losses, learning rate and validation metrics of a run, read from its ``metrics.csv``:
+    per step (losses faint, with each epoch's mean), and per epoch. None when the log holds no training.
+
+    Args:
+        paths: The run's ``metrics.csv`` (Lightning's CSVLogger), or several (a run and the runs that resumed
+            it, in order: where two log the same value at the same step, the later one is kept).
+        main_metric: The validation metric drawn first (``val/<main_metric>``).
+    """
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    rows = [row for path in paths for row in read_log(path)]
+    losses = sorted({k for r in rows for k in r if k.startswith("train/")}, key=lambda k: (k != "train/loss", k))
+    if not losses or not any("step" in r for r in rows):
+        return None
+    rates = sorted(k for r in rows for k in r if k.startswith("lr-"))
+    rate = rates[0] if rates else None
+    wanted = [f"val/{main_metric}"] + sorted(
+        {k for r in rows for k in r if k.startswith("val/") and not k.endswith(("_small", "_medium", "_large"))}
+        - {f"val/{main_metric}"})
+    metrics = [k for k in wanted if any(k in r for r in rows)][:6]
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+
+    def series(key):
+        latest = {r["step"]: (r["step"], r[key], r.get("epoch")) for r in rows if key in r and "step" in r}
+        return sorted(latest.values(), key=lambda p: p[0])
+
+    for colour_index, key in enumerate(losses):
+        points = series(key)
+        line = axes[0].plot([p[0] for p in points], [p[1] for p in points], alpha=0.25,
+                            color=f"C{colour_index}")[0]
+        by_epoch: dict[float, list[tuple[float, float]]] = {}
+        for step, value, epoch in points:
+            by_epoch.setdefault(epoch, []).append((step, value))
+        means = [(max(s for s, _ in v), sum(x for _, x in v) / len(v)) for _, v in sorted(by_epoch.items(),
+                                                                                       key=lambda e: e[0] or 0)]
+        axes[0].plot([m[0] for m in means], [m[1] for m in means], "o-", color=line.get_color(),
+                     label=f"{key.removeprefix('train/')} (epoch mean)")
+    axes[0].set_title("Training losses")
+    axes[0].legend(fontsize=8)
+    if rate is not None:
+        points = series(rate)
+        axes[1].plot([p[0] for p in points], [p[1] for p in points], color="tab:purple")
+        axes[1].ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    axes[1].set_title("Learning rate" + (f" ({rate.removeprefix('lr-')})" if rate else ": not logged"))
+    for key in metrics:
+        points = series(key)
+        style = "o-" if key == f"val/{main_metric}" else ".--"
+        axes[2].plot([p[0] for p in points], [p[1] for p in points], style, label=key.removeprefix("val/"))
+    epochs = len(series(metrics[0])) if metrics else 0
+    axes[2].set_title(f"Validation, {epochs} epochs" if metrics else "Validation: not logged")
+    if metrics:
+        axes[2].legend(fontsize=8)
+    for axis in axes:
+        axis.set_xlabel("training step")
+        axis.grid(alpha=0.3)
     figure.tight_layout()
     return figure

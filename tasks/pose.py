@@ -6,7 +6,8 @@ network predicts keypoints in crop pixels (heatmaps averaged with the flipped cr
 DARK) and they are mapped back to image coordinates through the crop. Poses are rescored by box
 score x mean confident keypoint score and OKS-NMS'd per image, as mmpose does. ``test`` writes
 ``report/metrics.json`` (COCO OKS ``ap``, ``ap_50``, ...); ``predict`` writes
-``predictions/keypoints.json`` in COCO keypoint results format; ``export`` writes the network.
+``predictions/keypoints.json`` in COCO keypoint results format, and each image with its skeletons drawn
+into ``predictions/images/`` (``--draw false``: none); ``export`` writes the network.
 """
 
 from __future__ import annotations
@@ -22,16 +23,16 @@ import torch
 import torch.nn.functional as F
 from pytorch_lightning.cli import OptimizerCallable
 from torch import nn
-from torchvision.utils import draw_keypoints
 
 from backbones import Backbone, Pyramid
 from heads.pose import SimpleBaseline, gaussian_heatmaps, to_heatmap
 
 from . import plots
-from ._base import KestrelTask
+from ._base import DRAW_SCORE, KestrelTask
 from .cli import KestrelCLI, main
 from .data.images import read_image
 from .data.pose import PoseData, PoseSplit, apply_affine, resolve_sigmas
+from .drawing import draw_poses, save_image
 from .metrics.keypoints import coco_keypoint_metrics, keypoint_accuracy, oks_nms
 from .optim import SchedulerCallable, WarmupMultiStepLR
 from .report import write_report
@@ -167,7 +168,7 @@ class PoseTask(KestrelTask):
             + (f"OKS NMS at {self.nms_threshold} per image." if self.nms_threshold is not None else "no NMS."),
             "n/a: no ground truth of that size in this split (COCOeval's -1).",
         ]
-        figures = {"samples": self._samples(split, results)}
+        figures = {"samples": self.samples(split, results), **self.learning_curves()}
         per_keypoint = {}
         labelled = [i for i in sorted(results) if (split.instances[i].keypoints[:, 2] > 0).any()]
         if labelled:  # ground-truth boxes: each pose belongs to the ground truth it was cut from
@@ -182,27 +183,34 @@ class PoseTask(KestrelTask):
         return write_report(log_dir, "Pose report", metrics, POSE_HEADLINE + ["ar_50", "ar_75"], per_keypoint,
                             ["accuracy"], run, notes, figures, per_class_label="keypoint")
 
-    def _samples(self, split: PoseSplit, results: dict[int, tuple], count: int = 4, min_score: float = 0.3):
+    def samples(self, split: PoseSplit, results: dict[int, tuple], count: int = 4):
         """Ground-truth skeletons (green) beside the predicted ones (red), for the first images with people."""
-        edges = [(a - 1, b - 1) for a, b in split.skeleton or []]
         by_image: dict[int, list[int]] = defaultdict(list)
         for index in sorted(results):
             by_image[split.instances[index].record].append(index)
+        edges = self.edges()
         panels, titles = [], []
         for record in sorted(by_image)[:count]:
             image = torch.from_numpy(read_image(split.images[record].file)).permute(2, 0, 1)
-            indices = by_image[record]
-            truth = torch.as_tensor(np.stack([split.instances[i].keypoints for i in indices]))
-            panels.append(draw_keypoints(image, truth[..., :2], edges, colors="lime", radius=3, width=2,
-                                         visibility=truth[..., 2] > 0))
-            shown = [i for i in indices if results[i][2] >= min_score]
-            if shown:
-                points = torch.as_tensor(np.stack([results[i][0] for i in shown])).float()
-                visible = torch.as_tensor(np.stack([results[i][1] for i in shown])) > 0.2
-                image = draw_keypoints(image, points, edges, colors="red", radius=3, width=2, visibility=visible)
-            panels.append(image)
-            titles += [f"{split.images[record].file.name}: ground truth", "prediction (keypoint score > 0.2)"]
+            truth = np.stack([split.instances[i].keypoints for i in by_image[record]])
+            shown = [results[i] for i in by_image[record] if results[i][2] >= DRAW_SCORE]
+            panels.append(draw_poses(image, truth[..., :2], truth[..., 2] > 0, edges, colours=(0, 255, 0)))
+            panels.append(self.drawn(image, [p for p, _, _, _ in shown], [s for _, s, _, _ in shown], (255, 0, 0)))
+            titles += [f"{split.images[record].file.name}: ground truth",
+                       f"prediction (keypoint score > {self.keypoint_score_threshold})"]
         return plots.grid(panels, titles)
+
+    def edges(self) -> list[tuple[int, int]]:
+        """The skeleton's limbs as 0-based keypoint pairs."""
+        return [(a - 1, b - 1) for a, b in self.skeleton or []]
+
+    def drawn(self, image: torch.Tensor, points: list[np.ndarray], scores: list[np.ndarray],
+              colours=None) -> torch.Tensor:
+        """The image with skeletons (``(K, 2)`` points each, keypoints scoring above the keypoint threshold)."""
+        if not points:
+            return image
+        return draw_poses(image, np.stack(points), np.stack(scores) > self.keypoint_score_threshold, self.edges(),
+                          colours)
 
     # ----------------------------------------------------------------- prediction
     def predict_step(self, batch, batch_idx: int) -> None:
@@ -218,7 +226,18 @@ class PoseTask(KestrelTask):
         folder = Path(log_dir) / "predictions"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "keypoints.json").write_text(json.dumps(entries))
-        print(f"Predictions: {folder / 'keypoints.json'} ({len(entries)} poses on {len(split.images)} images)")
+        if self.drawing is not None:  # every image, the people whose pose scores at least DRAW_SCORE drawn
+            poses: dict[int, list[dict]] = defaultdict(list)
+            for entry in entries:
+                if entry["score"] >= DRAW_SCORE:
+                    poses[entry["image_id"]].append(np.reshape(entry["keypoints"], (-1, 3)))
+            for image_info in split.images:
+                image = torch.from_numpy(read_image(image_info.file)).permute(2, 0, 1)
+                found = poses.get(image_info.image_id, [])
+                save_image(self.drawn(image, [p[:, :2] for p in found], [p[:, 2] for p in found]),
+                           self.drawing / image_info.file.name)
+        print(f"Predictions: {folder / 'keypoints.json'} ({len(entries)} poses on {len(split.images)} images)"
+              + self.drawing_note())
 
 
 # What the data tells the model (LightningCLI links them when both are built from a config).

@@ -4,7 +4,8 @@ Trains and evaluates DeepLabV3+ on any Kestrel backbone, on VOC or COCO folders.
 each image at its own resolution and aspect ratio: the network fits it into its ``image_size`` square
 (padded, not squashed) and returns labels at the image's size. ``test`` writes ``report/metrics.json``
 (``miou``, ``pixel_accuracy``, ``per_class_iou``) and ``report/report.md``; ``predict`` writes one
-palette PNG of class indices per image into ``predictions/``; ``export`` writes the network.
+palette PNG of class indices per image into ``predictions/``, and each image with its labels drawn over it
+and a legend into ``predictions/images/`` (``--draw false``: none); ``export`` writes the network.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from PIL import Image
 from pytorch_lightning.cli import OptimizerCallable
 from segmentation_models_pytorch.losses import DiceLoss
 from torch import nn
-from torchvision.utils import draw_segmentation_masks
 
 from backbones import Backbone, Pyramid
 from heads.deeplabv3plus import DeepLabV3Plus
@@ -31,6 +31,7 @@ from .cli import KestrelCLI, main
 from .data.images import read_image
 from .data.segmentation import VOID, SegmentationData, SegmentationSplit
 from .data.voc import VOC_PALETTE
+from .drawing import draw_labels, save_image
 from .metrics import confusion_matrix, segmentation_metrics
 from .optim import SchedulerCallable, WarmupPolyLR
 from .report import write_report
@@ -138,14 +139,14 @@ class SegmentationTask(KestrelTask):
         figures = {
             "per_class_iou": plots.bars(metrics["per_class_iou"], "IoU per class", "IoU"),
             "confusion_matrix": plots.confusion(total, split.label_names),
-            "samples": self._samples(split, results),
+            "samples": self.samples(split, results),
+            **self.learning_curves(),
         }
         return write_report(log_dir, "Segmentation report", metrics, ["miou", "pixel_accuracy"], per_class,
                             ["iou"], run, notes, figures)
 
-    def _samples(self, split: SegmentationSplit, results: dict[int, tuple]):
-        """Ground truth beside the prediction, as VOC-coloured overlays, for the first images."""
-        colours = [tuple(VOC_PALETTE[3 * i: 3 * i + 3]) for i in range(self.num_classes + 1)]
+    def samples(self, split: SegmentationSplit, results: dict[int, tuple]):
+        """Ground truth beside the prediction, as overlays with a legend, for the first images."""
         panels, titles = [], []
         for index in sorted(i for i, (_, sample) in results.items() if sample is not None):
             record = split.records[index]
@@ -153,11 +154,7 @@ class SegmentationTask(KestrelTask):
             truth = split.mask(record)
             for labels, title in ((None if truth is None else torch.from_numpy(truth), "ground truth"),
                                   (results[index][1], "prediction")):
-                if labels is None:
-                    panels.append(image)
-                else:
-                    masks = labels[None] == torch.arange(1, self.num_classes + 1)[:, None, None]
-                    panels.append(draw_segmentation_masks(image, masks, alpha=0.6, colors=colours[1:]))
+                panels.append(image if labels is None else draw_labels(image, labels, split.label_names))
                 titles.append(f"{record.file.name}: {title}")
         return plots.grid(panels, titles)
 
@@ -169,19 +166,25 @@ class SegmentationTask(KestrelTask):
 
     def predict_step(self, batch, batch_idx: int) -> None:
         """Write each image's labels, at its own size, as ``predictions/<image>.png`` (nothing is kept in
-        memory: a data set's full-resolution label maps would not fit)."""
+        memory: a data set's full-resolution label maps would not fit), and the image with them drawn over
+        it and a legend into ``predictions/images/`` (unless ``predict --draw false``)."""
         labels = self._labels(batch[0])
         records = self.trainer.datamodule.split("predict").records
-        for prediction, info in zip(labels, batch[2]):
-            png = Image.fromarray(prediction.to(torch.uint8).cpu().numpy(), mode="P")
+        names = ["background", *self.class_names]
+        for image, prediction, info in zip(batch[0], labels, batch[2]):
+            prediction = prediction.to(torch.uint8).cpu()
+            file = records[info["index"]].file
+            png = Image.fromarray(prediction.numpy(), mode="P")
             png.putpalette(VOC_PALETTE)
-            png.save(self._predictions / f"{records[info['index']].file.stem}.png")
+            png.save(self._predictions / f"{file.stem}.png")
+            if self.drawing is not None:
+                save_image(draw_labels(image.cpu(), prediction, names), self.drawing / file.name)
 
     def on_predict_epoch_end(self) -> None:
         self.trainer.strategy.barrier()  # every process has written its PNGs
         if self.trainer.is_global_zero:
             count = len(list(self._predictions.glob("*.png")))
-            print(f"Predictions: {self._predictions} ({count} palette PNGs of class indices)")
+            print(f"Predictions: {self._predictions} ({count} palette PNGs of class indices)" + self.drawing_note())
 
 
 # What the data tells the model (LightningCLI links them when both are built from a config).

@@ -57,7 +57,7 @@ def test_test_writes_the_report(data, trained, capsys):
     report = latest_version(trained) / "report"
     assert f"Evaluation report: {report / 'report.md'}" in out
     headline = ["map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100"]
-    metrics = check_report(report, headline, {"per_class_ap", "precision_recall", "samples"},
+    metrics = check_report(report, headline, {"per_class_ap", "precision_recall", "samples", "learning_curves"},
                            backbone="mobilenet_v3_large")
     for key in headline:
         assert metrics[key] is None or 0.0 <= metrics[key] <= 1.0, key
@@ -79,14 +79,22 @@ def test_predict_writes_coco_results_with_the_data_sets_ids(data, trained):
     assert {d["category_id"] for d in detections} <= set(CATEGORIES)
     for d in detections[:50]:
         assert len(d["bbox"]) == 4 and d["bbox"][2] >= 0 and 0 <= d["score"] <= 1
+    drawn = latest_version(trained) / "predictions" / "images"  # each image with its detections drawn
+    gt_files = sorted(im["file_name"] for im in gt["images"])
+    assert sorted(p.name for p in drawn.iterdir()) == gt_files
+    for name in gt_files:
+        with Image.open(drawn / name) as picture, Image.open(data / "coco" / "val2017" / name) as original:
+            assert picture.size == original.size
 
 
-def test_predict_on_a_folder_of_images(data, trained):
+def test_predict_on_a_folder_of_images(data, trained, capsys):
     cli_main(["predict", *small(data / "coco", trained, "--ckpt_path", "last",
-                                "--data.predict_dir", str(data / "coco" / "val2017"))])
+                                "--data.predict_dir", str(data / "coco" / "val2017"), "--draw", "false")])
     detections = json.loads((latest_version(trained) / "predictions" / "detections.json").read_text())
     names = {p.name for p in (data / "coco" / "val2017").iterdir()}
     assert detections and {d["image_id"] for d in detections} <= names
+    assert not (latest_version(trained) / "predictions" / "images").exists()  # --draw false: the JSON only
+    assert "drawn" not in capsys.readouterr().out
 
 
 def test_voc_data_adds_voc_metrics(data, trained):

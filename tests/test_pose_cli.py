@@ -51,8 +51,8 @@ def test_test_writes_the_report(data, trained, capsys):
     cli_main(["test", *small(data, trained, "--ckpt_path", "best")])
     assert "Evaluation report:" in capsys.readouterr().out
     headline = ["ap", "ap_50", "ap_75", "ap_medium", "ap_large", "ar"]
-    metrics = check_report(latest_version(trained) / "report", headline, {"samples", "per_keypoint_accuracy"},
-                           backbone="mobilenet_v2")
+    plots = {"samples", "per_keypoint_accuracy", "learning_curves"}
+    metrics = check_report(latest_version(trained) / "report", headline, plots, backbone="mobilenet_v2")
     for key in headline:
         assert metrics[key] is None or 0.0 <= metrics[key] <= 1.0, key
 
@@ -86,6 +86,8 @@ def test_predict_on_a_folder_of_images(data, checkpoint, tmp_path):
     results = json.loads((latest_version(tmp_path) / "predictions" / "keypoints.json").read_text())
     files = sorted(p.name for p in (data / "val2017").iterdir())
     assert sorted(r["image_id"] for r in results) == files  # one whole-image box each; ids are file names
+    drawn = latest_version(tmp_path) / "predictions" / "images"  # every image, its skeletons drawn
+    assert sorted(p.name for p in drawn.iterdir()) == files
 
 
 def test_ddp_metrics_equal_a_single_process(data, checkpoint, tmp_path):

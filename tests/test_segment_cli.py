@@ -47,8 +47,8 @@ def test_test_writes_the_report(data, trained, capsys):
     cli_main(["test", *small(data / "voc", trained, "--ckpt_path", "best")])
     assert "Evaluation report:" in capsys.readouterr().out
     report = latest_version(trained) / "report"
-    metrics = check_report(report, ["miou", "pixel_accuracy"], {"per_class_iou", "confusion_matrix", "samples"},
-                           backbone="mobilenet_v2")
+    plots = {"per_class_iou", "confusion_matrix", "samples", "learning_curves"}
+    metrics = check_report(report, ["miou", "pixel_accuracy"], plots, backbone="mobilenet_v2")
     assert 0.0 <= metrics["miou"] <= 1.0 and 0.0 <= metrics["pixel_accuracy"] <= 1.0
     assert list(metrics["per_class_iou"]) == ["background", *VOC_SYNTHETIC_CLASSES]
     for name, iou in metrics["per_class_iou"].items():
@@ -64,6 +64,8 @@ def test_predict_writes_a_palette_png_per_image_at_its_size(data, trained):
         with Image.open(folder / f"{stem}.png") as png, Image.open(data / "voc" / "JPEGImages" / f"{stem}.jpg") as im:
             assert png.mode == "P" and png.size == im.size
             assert np.array(png).max() <= len(VOC_SYNTHETIC_CLASSES)
+        with Image.open(folder / "images" / f"{stem}.jpg") as drawn, Image.open(folder / f"{stem}.png") as png:
+            assert drawn.width == png.width and drawn.height > png.height  # the overlay, a legend below it
 
 
 def test_coco_format_data(data, trained):

@@ -167,6 +167,15 @@ def test_training_crops_pad_the_mask_with_void(voc_root):
     assert (mask == 2).sum() == 200
 
 
+def test_training_crops_have_their_own_size(voc_root):
+    """``crop_size`` sets the training crops; ``image_size`` stays the square evaluation fits images into."""
+    data = SegmentationData(str(voc_root), classes=["cat", "dog"], image_size=64, crop_size=32,
+                            scale_range=(1.0, 1.0), num_workers=0)
+    image, mask, _ = data.dataset(data.split("val"), train=True)[0]
+    assert image.shape == (3, 32, 32) and mask.shape == (32, 32) and data.image_size == 64
+    assert SegmentationData(str(voc_root), classes=["cat", "dog"], image_size=48, num_workers=0).crop_size == 48
+
+
 def test_bad_masks_name_the_file(voc_root):
     path = voc_root / "SegmentationClass" / "a.png"
     write_palette(path, np.full((40, 60), 7))
