@@ -14,12 +14,14 @@ DEMO_CONFIGS = Path(__file__).parents[1] / "configs" / "demo"
 
 def demo_args(config: str, root, run_dir, image_size: str, *extra: str) -> list[str]:
     """A demo config (``configs/demo/<config>.yaml``) on ``root``, shrunk to seconds: small images,
-    batches of 4, no loader workers, no progress bar, CSV logs in ``run_dir``."""
+    batches of 4 (segmentation: crops of that size), no loader workers, no progress bar, CSV logs in
+    ``run_dir``."""
     return [
         "--config", str(DEMO_CONFIGS / f"{config}.yaml"), "--data.root", str(root), "--data.image_size", image_size,
         "--data.batch_size", "4", "--data.num_workers", "0", "--trainer.default_root_dir", str(run_dir),
         "--trainer.enable_progress_bar", "false", "--trainer.logger.class_path", "pytorch_lightning.loggers.CSVLogger",
-        "--trainer.logger.init_args.save_dir", str(run_dir), *extra,
+        "--trainer.logger.init_args.save_dir", str(run_dir),
+        *(["--data.crop_size", image_size] if config.startswith("deeplabv3plus") else []), *extra,
     ]
 
 
