@@ -19,10 +19,10 @@ from matplotlib import font_manager
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import draw_bounding_boxes, draw_keypoints, draw_segmentation_masks
 
+from .data.segmentation import VOID
 from .data.voc import VOC_PALETTE
 
 Colour = tuple[int, int, int]
-VOID = 255  # segmentation labels that are not drawn
 
 
 def colour(label: int) -> Colour:
