@@ -69,6 +69,15 @@ def _expansion_layer(block: nn.Module) -> tuple[str, int] | None:
     return None
 
 
+def _last_conv_index(body: nn.Sequential, arch: str) -> int:
+    """Index in ``body`` where its classifier's last 1x1 conv (with its norm and activation) starts."""
+    index = max(i for i, layer in enumerate(body) if _has_conv(layer))
+    convs = [m for m in body[index].modules() if isinstance(m, nn.Conv2d)]
+    if len(convs) != 1 or convs[0].kernel_size != (1, 1) or convs[0].stride != (1, 1):
+        raise ValueError(f"torchvision's {arch} does not end in a 1x1 conv: last_conv=False does not apply to it")
+    return index
+
+
 def _dilate(module: nn.Module, rate: int) -> None:
     """Trade stride for dilation in every conv of ``module`` (DeepLab's atrous backbone), in place."""
     for m in module.modules():
@@ -181,6 +190,10 @@ class TorchvisionBackbone(LayerPyramid):
         bn_momentum: Momentum of every batch norm's running statistics; torchvision's default (0.01
             for MobileNetV3, 0.1 otherwise) if None. Short trainings want 0.1; torchvision's SSDLite
             uses 0.03.
+        last_conv: Keep the classifier's last 1x1 conv (MobileNetV2's and EfficientNet's 1280
+            channels, MobileNetV3's 960 / 576, MNASNet's 1280) as the end of ``C5``. False ends the
+            body at its last block, as DeepLab's MobileNetV2 feature extractor does (320 channels at
+            width 1.0): a DeepLab head then costs a fraction on the deepest map.
     """
 
     def __init__(
@@ -196,6 +209,7 @@ class TorchvisionBackbone(LayerPyramid):
         reduced_tail: bool = False,
         stochastic_depth_prob: float | None = None,
         bn_momentum: float | None = None,
+        last_conv: bool = True,
     ):
         super().__init__()
         check_options(levels, output_stride, feature_location, frozen_stages)
@@ -222,6 +236,9 @@ class TorchvisionBackbone(LayerPyramid):
         self._body_name = body_name
 
         body = getattr(model, body_name)
+        classifier_layers = len(body)  # the classifier's body, whose keys pretrained weights have
+        if not last_conv:
+            body = body[: _last_conv_index(body, arch)]
         names = [f"{body_name}.{i}" for i in range(len(body))]
         nominal, taps = self._plan(list(zip(names, body)), levels, feature_location, arch)
         last = max(tap[2] for tap in taps)
@@ -232,7 +249,7 @@ class TorchvisionBackbone(LayerPyramid):
                 state, source = torchvision_imagenet_weights(arch), f"torchvision's ImageNet {arch}"
             else:
                 state, source = read_state_dict(pretrained), repr(str(pretrained))
-            unused = ["classifier."] + [f"{body_name}.{i}." for i in range(last + 1, len(body))]
+            unused = ["classifier."] + [f"{body_name}.{i}." for i in range(last + 1, classifier_layers)]
             load_weights(self, state, source, drop=unused)
 
         if bn_momentum is not None:

@@ -188,6 +188,34 @@ def test_mobilenet_options_reach_torchvision():
     assert wide.feature_info.channels()[-1] == reference.features[-1].out_channels
 
 
+@pytest.mark.parametrize(
+    ("name", "arch", "channels"),
+    [("mobilenet_v2", "mobilenet_v2", 320), ("mobilenet_v3_large", "mobilenet_v3_large", 160),
+     ("efficientnet_b0", "efficientnet_b0", 320), ("mnasnet", "mnasnet1_0", 320)],
+)
+def test_last_conv_false_ends_c5_at_the_last_block(name, arch, channels):
+    reference = torchvision.models.get_model(arch, weights=None).eval()
+    body = getattr(reference, "features", None) or reference.layers
+    model = build_backbone(name, levels=(16, 32), last_conv=False).eval()
+    assert model.feature_info.channels()[-1] == channels
+    prefix = "features" if hasattr(reference, "features") else "layers"
+    kept = {f"{prefix}.{i}." for i in range(len(model.body))}
+    model.load_state_dict({k: v for k, v in reference.state_dict().items()
+                           if any(k.startswith(p) for p in kept)})
+    x = torch.randn(1, 3, 96, 96)
+    # the 1x1 conv it leaves out is the classifier's last conv with its norm and activation
+    last_block = nn.Sequential(*body[: len(model.body)])
+    assert len(body) - len(model.body) == (3 if name == "mnasnet" else 1)
+    torch.testing.assert_close(model(x)["C5"], last_block(x))
+
+
+def test_last_conv_false_loads_classifier_weights(tmp_path):
+    reference = torchvision.models.mobilenet_v2()
+    torch.save(reference.state_dict(), tmp_path / "mbv2.pth")
+    model = build_backbone("mobilenet_v2", pretrained=str(tmp_path / "mbv2.pth"), last_conv=False)
+    assert torch.equal(model.body[17].conv[2].weight, reference.features[17].conv[2].weight)
+
+
 def test_timm_backbone_reads_timm_feature_info():
     model = build_backbone("timm:efficientnet_lite0", levels=(8, 32), feature_location="expansion")
     assert isinstance(model, TimmBackbone)
