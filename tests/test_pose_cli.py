@@ -127,4 +127,6 @@ def test_the_export_scores_what_the_checkpoint_scores(data, checkpoint, trained,
     got, file_got = estimator(images, boxes), from_file(images, boxes)
     for a, b in zip(got, file_got):
         assert a["keypoints"].shape == (1, 17, 3) and a["names"] == metadata["keypoint_names"]
-        assert (a["keypoints"] - b["keypoints"]).abs().max() < 0.1
+        # ONNX Runtime's kernels round differently from PyTorch's; on this barely trained model's flat heatmaps the
+        # sub-pixel Taylor step amplifies that (0.18 px on an Intel Xeon), still far under a heatmap cell (several px)
+        assert (a["keypoints"] - b["keypoints"]).abs().max() < 0.5
