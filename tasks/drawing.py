@@ -92,7 +92,7 @@ def add_legend(image: torch.Tensor, entries: Sequence[tuple[str, Colour]]) -> to
     for x, y, name, rgb in rows:
         canvas.rectangle((x, y, x + size, y + size), fill=rgb, outline=(0, 0, 0))
         canvas.text((x + size + pad // 2, y), name, fill=(0, 0, 0), font=font)
-    legend = torch.from_numpy(np.asarray(strip)).permute(2, 0, 1)
+    legend = torch.from_numpy(np.array(strip)).permute(2, 0, 1)  # a writable copy of PIL's buffer
     return torch.cat([image, legend], 1)
 
 
