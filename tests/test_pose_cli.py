@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from cli_runs import check_report, demo_args, latest_version, read_metrics, threads
 
 from tasks.data.pose import COCO_SIGMAS
@@ -128,5 +129,9 @@ def test_the_export_scores_what_the_checkpoint_scores(data, checkpoint, trained,
     for a, b in zip(got, file_got):
         assert a["keypoints"].shape == (1, 17, 3) and a["names"] == metadata["keypoint_names"]
         # ONNX Runtime's kernels round differently from PyTorch's; on this barely trained model's flat heatmaps the
-        # sub-pixel Taylor step amplifies that (0.18 px on an Intel Xeon), still far under a heatmap cell (several px)
-        assert (a["keypoints"] - b["keypoints"]).abs().max() < 0.5
+        # sub-pixel Taylor step amplifies that (0.18 px on an Intel Xeon), still far under a heatmap cell (several px).
+        # The peaks' heights agree; where two cells are of one height to rounding, either runtime may pick either
+        # (one keypoint of 51 76 px apart at the same 0.0022 once), so a keypoint of each person may move.
+        torch.testing.assert_close(a["keypoints"][..., 2], b["keypoints"][..., 2], rtol=1e-3, atol=1e-6)
+        moved = (a["keypoints"][..., :2] - b["keypoints"][..., :2]).abs().amax(-1) >= 0.5
+        assert moved.sum() <= 1, a["keypoints"] - b["keypoints"]
