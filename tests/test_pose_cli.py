@@ -131,7 +131,7 @@ def test_the_export_scores_what_the_checkpoint_scores(data, checkpoint, trained,
         # ONNX Runtime's kernels round differently from PyTorch's; on this barely trained model's flat heatmaps the
         # sub-pixel Taylor step amplifies that (0.18 px on an Intel Xeon), still far under a heatmap cell (several px).
         # The peaks' heights agree; where two cells are of one height to rounding, either runtime may pick either
-        # (one keypoint of 51 76 px apart at the same 0.0022 once), so a keypoint of each person may move.
+        # (once, one keypoint of the 51 landed 76 px away at the same height, 0.0022): one a person may move.
         torch.testing.assert_close(a["keypoints"][..., 2], b["keypoints"][..., 2], rtol=1e-3, atol=1e-6)
         moved = (a["keypoints"][..., :2] - b["keypoints"][..., :2]).abs().amax(-1) >= 0.5
         assert moved.sum() <= 1, a["keypoints"] - b["keypoints"]
