@@ -8,7 +8,8 @@ by separable 3x3 convolutions and upsampled to the input. The decoder and the fi
 
 Evaluated as DeepLab is: each image keeps its aspect ratio, padded rather than squashed to a square
 (resized so that its longer side is the input size, padded to a square, the logits cropped back and
-resized to the image before the argmax).
+resized to the image before the argmax); with ``flip_test`` the class probabilities are averaged
+with the mirror image's, as DeepLab's and mmsegmentation's flip test do.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class DeepLabV3Plus(nn.Module):
         separable: Depthwise-separable ASPP convolutions.
         aspp_dropout: Dropout after ASPP's projection.
         aux_level: Name of the level feeding an auxiliary FCN head (e.g. ``"C4"``), or None.
+        flip_test: Average each image's class probabilities with its mirror image's when evaluating
+            (twice the evaluation cost).
         image_mean: Input normalization; the backbone's if None.
         image_std: As ``image_mean``.
     """
@@ -62,6 +65,7 @@ class DeepLabV3Plus(nn.Module):
         separable: bool = True,
         aspp_dropout: float = 0.5,
         aux_level: str | None = None,
+        flip_test: bool = False,
         image_mean: Sequence[float] | None = None,
         image_std: Sequence[float] | None = None,
     ):
@@ -94,6 +98,7 @@ class DeepLabV3Plus(nn.Module):
         if aux_level is not None:
             self.aux_head = FCNHead(info[aux_level].channels, num_classes + 1)
         self.aux_level = aux_level
+        self.flip_test = flip_test
         self.num_classes = num_classes
         self.image_size = image_size
         self.input = ImageInput(image_mean or backbone.mean, image_std or backbone.std, "DeepLabV3Plus")
@@ -104,13 +109,18 @@ class DeepLabV3Plus(nn.Module):
         side = self.image_size
         inside = longer_side_extent(images, side)  # the longer side fitted into the square, the rest padded
         x = self.input(images, (side, side), (inside[0], inside[1]))
-        logits = self.logits(x, aux=False)["out"][..., : inside[0], : inside[1]]
+        if self.flip_test:  # one batch of the squares and their mirror images; probabilities averaged
+            plain, mirrored = self.logits(torch.cat([x, x.flip(-1)]), aux=False)["out"].chunk(2)
+            scores = (plain.softmax(1) + mirrored.flip(-1).softmax(1)) / 2
+        else:
+            scores = self.logits(x, aux=False)["out"]
+        scores = scores[..., : inside[0], : inside[1]]
         if torch.jit.is_tracing():  # gathers, which every runtime samples alike (see resize)
-            logits = resize(logits, image_size(images).long(), columns_first=True)
+            scores = resize(scores, image_size(images).long(), columns_first=True)
         else:  # the same sampling in one kernel: 4-8x faster than gathers on full-resolution maps
-            logits = F.interpolate(logits, size=tuple(images.shape[-2:]), mode="bilinear", align_corners=False)
+            scores = F.interpolate(scores, size=tuple(images.shape[-2:]), mode="bilinear", align_corners=False)
         # max's indices are argmax's (the first of equal maxima), and 9x faster on a short class dimension
-        return {"labels": logits.max(1).indices}
+        return {"labels": scores.max(1).indices}
 
     def logits(self, x: torch.Tensor, aux: bool = True) -> dict[str, torch.Tensor]:
         """Logits of normalized images of any size, at that size (``aux``: the auxiliary head's too)."""

@@ -73,8 +73,9 @@ def detector(name: str) -> SSDLite:
     return model
 
 
-def segmenter(name: str) -> DeepLabV3Plus:
-    model = DeepLabV3Plus(Backbone(name, levels=[4, 32], output_stride=16), num_classes=3, image_size=96)
+def segmenter(name: str, flip_test: bool = False) -> DeepLabV3Plus:
+    model = DeepLabV3Plus(Backbone(name, levels=[4, 32], output_stride=16), num_classes=3, image_size=96,
+                          flip_test=flip_test)
     return spread(model, lambda m, x: m(x))
 
 
@@ -106,6 +107,20 @@ def test_onnx_runtime_gives_pytorchs_outputs(name, task, tmp_path):
     assert faithful(task, stats), stats
     if task == "pose":  # a batch of five crops, as traced with one
         assert len(inputs) == 5 and stats["max_keypoint_diff"] <= 0.1
+
+
+def test_segmentation_flip_test_exports(tmp_path):
+    """The flip test (a batch of the images and their mirror images) runs inside the exported network."""
+    _, metadata, inputs = TASKS["segment"]
+    network = segmenter("mobilenet_v3_large", flip_test=True)
+    path = export_onnx(network, tmp_path / "model.onnx", {"task": "segment", **metadata})
+    with torch.no_grad():
+        expected = run_images(network, inputs)
+        network.flip_test = False
+        plain = run_images(network, inputs)
+    stats = agreement("segment", expected, run_images(ExportedModel(path, threads=1), inputs))
+    assert faithful("segment", stats), stats
+    assert not faithful("segment", agreement("segment", expected, plain)), "the flip test changed nothing"
 
 
 @pytest.mark.parametrize("task", list(TASKS))
