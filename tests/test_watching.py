@@ -11,9 +11,11 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tasks import plots
+from tasks.cli import FitTimer
 from tasks.data.synthetic import generate
 from tasks.detect import cli_main
 from tasks.drawing import add_legend, colour, draw_boxes, draw_labels, draw_poses, save_image
+from tasks.report import duration
 
 
 def default_logs(root, run_dir, *extra):
@@ -54,6 +56,11 @@ def test_tensorboard_and_csv_log_into_one_folder(run):
     assert len(board.Images(samples)) == 2  # each epoch's predictions drawn on validation images
     rows = list(csv.DictReader(open(version / "metrics.csv")))
     assert sum(1 for r in rows if r.get("val/map")) == 2 and any(r.get("lr-AdamW/pg1") for r in rows)
+    # how long the fit has taken, and how much of it validating, at each epoch's end
+    fit, validating = ([float(r[key]) for r in rows if r.get(key)] for key in ("time/fit_s", "time/validation_s"))
+    assert len(fit) == len(validating) == 2 and 0 < fit[0] < fit[1] and 0 < validating[0] < validating[1] < fit[1]
+    assert validating[1] - validating[0] < fit[1] - fit[0]  # an epoch's validation is part of its time
+    assert [s.value for s in board.Scalars("time/fit_s")] == pytest.approx(fit)
 
 
 def test_the_report_draws_the_learning_curves_of_the_checkpoints_run(data, run, capsys):
@@ -61,17 +68,41 @@ def test_the_report_draws_the_learning_curves_of_the_checkpoints_run(data, run, 
     report = latest_version(run) / "report"
     assert latest_version(run).name == "version_1" and (report / "learning_curves.png").is_file()
     assert "![learning_curves](learning_curves.png)" in (report / "report.md").read_text()
+    rows = list(csv.DictReader(open(run / "lightning_logs" / "version_0" / "metrics.csv")))
+    last = [r for r in rows if r.get("time/fit_s")][-1]
+    assert f"| training (fit wall time) | {duration(float(last['time/fit_s']))} for 2 epochs " \
+           f"(validation {duration(float(last['time/validation_s']))} of it) |" in (report / "report.md").read_text()
 
 
-def test_learning_curves_follow_a_resumed_fit(data, run, monkeypatch):
-    """A resumed fit logs into a new folder; the report's curves join it to the run it continued."""
+def test_learning_curves_follow_a_resumed_fit(data, run, monkeypatch, capsys):
+    """A resumed fit logs into a new folder; the report's curves join it to the run it continued, and its clock
+    counts on from the checkpoint's."""
     drawn = []
     monkeypatch.setattr(plots, "learning_curves", lambda logs, metric: drawn.append(logs))
+    capsys.readouterr()
     cli_main(["fit", *default_logs(data / "coco", run, "--trainer.max_epochs", "3", "--ckpt_path", "last")])
+    first = [float(r["time/fit_s"]) for r in csv.DictReader(open(run / "lightning_logs" / "version_0" / "metrics.csv"))
+             if r.get("time/fit_s")]
+    then = [float(r["time/fit_s"]) for r in csv.DictReader(open(latest_version(run) / "metrics.csv"))
+            if r.get("time/fit_s")]
+    assert then[-1] > first[-1]  # epoch 3's end, counted from the start of epoch 1
+    [line] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Fit: ")]
+    assert line.startswith("Fit: 3 epochs, 6 steps in ") and line.endswith(" of it)")  # 8 images, batch 4
     cli_main(["test", *default_logs(data / "coco", run, "--ckpt_path", "last")])
     resumed = latest_version(run).parent / "version_2"
     assert drawn == [[run / "lightning_logs" / "version_0" / "metrics.csv", resumed / "metrics.csv"]]
     assert sum(1 for r in csv.DictReader(open(resumed / "metrics.csv")) if r.get("val/map")) == 1  # epoch 3
+
+
+def test_max_time_still_stops_the_fit(data, tmp_path):
+    """Kestrel's fit clock is Lightning's Timer, so ``trainer.max_time`` keeps stopping training."""
+    cli = cli_main(["fit", *default_logs(data / "coco", tmp_path, "--trainer.max_time", "00:00:00:00")])
+    [timer] = [c for c in cli.trainer.callbacks if isinstance(c, FitTimer)]
+    assert timer.time_remaining() <= 0 and cli.trainer.global_step == 0
+
+
+def test_durations_read_as_minutes_and_seconds():
+    assert [duration(s) for s in (0.4, 35.2, 552, 3600 + 125)] == ["0 s", "35 s", "9 min 12 s", "1 h 2 min"]
 
 
 def test_learning_curves_need_a_training_log(tmp_path):

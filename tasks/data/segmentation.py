@@ -46,9 +46,9 @@ def read_mask(path: str | Path, num_labels: int) -> np.ndarray:
             raise ValueError(f"mask {str(path)!r} is a {png.mode} image; masks are palette or greyscale PNGs of "
                              "class indices (VOC's SegmentationClass)")
         mask = np.array(png)
-    values = np.unique(mask)
-    bad = values[(values >= num_labels) & (values != VOID)]
-    if len(bad):
+    invalid = (mask >= num_labels) & (mask != VOID)  # two compares: a tenth of np.unique's time on every mask read
+    if invalid.any():
+        bad = np.unique(mask[invalid])
         raise ValueError(
             f"mask {str(path)!r} has values {bad.tolist()}; with {num_labels - 1} classes and background only "
             f"0..{num_labels - 1} and {VOID} (void) are valid"
