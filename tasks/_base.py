@@ -410,7 +410,8 @@ def fit_time(logs: Sequence[Path]) -> str | None:
     if not rows:
         return None
     last = rows[-1]
-    return (f"{duration(last['time/fit_s'])} for {int(last['epoch']) + 1} epochs "
+    epochs = int(last["epoch"]) + 1
+    return (f"{duration(last['time/fit_s'])} for {epochs} epoch{'s' * (epochs != 1)} "
             f"(validation {duration(last.get('time/validation_s', 0.0))} of it)")
 
 

@@ -156,7 +156,8 @@ class FitTimer(Timer):
     def on_train_end(self, trainer, pl_module) -> None:
         super().on_train_end(trainer, pl_module)
         if trainer.is_global_zero and not trainer.fast_dev_run:
-            print(f"Fit: {trainer.current_epoch} epochs, {trainer.global_step} steps in "
+            epochs = trainer.current_epoch
+            print(f"Fit: {epochs} epoch{'s' * (epochs != 1)}, {trainer.global_step} steps in "
                   f"{duration(self.time_elapsed('train'))} (validation {duration(self.validation_seconds())} of it)")
 
     def state_dict(self) -> dict:
