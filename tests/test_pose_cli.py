@@ -4,6 +4,8 @@ import csv
 import json
 from pathlib import Path
 
+import onnx
+import onnxruntime
 import pytest
 import torch
 from cli_runs import check_report, demo_args, latest_version, read_metrics, threads
@@ -102,7 +104,7 @@ def test_ddp_metrics_equal_a_single_process(data, checkpoint, tmp_path):
 
 
 # ----------------------------------------------------------------------------- shipping
-def test_the_export_scores_what_the_checkpoint_scores(data, checkpoint, trained, capsys, tmp_path):
+def test_the_export_scores_what_the_checkpoint_scores(data, checkpoint, trained, capsys, tmp_path, monkeypatch):
     """ONNX (float and INT8) through test; the checkpoint alone and its export estimate the same keypoints."""
     cli_main(["test", *small(data, tmp_path / "ckpt", "--model.init_from", checkpoint)])
     expected = read_metrics(tmp_path / "ckpt")
@@ -135,3 +137,22 @@ def test_the_export_scores_what_the_checkpoint_scores(data, checkpoint, trained,
         torch.testing.assert_close(a["keypoints"][..., 2], b["keypoints"][..., 2], rtol=1e-3, atol=1e-6)
         moved = (a["keypoints"][..., :2] - b["keypoints"][..., :2]).abs().amax(-1) >= 0.5
         assert moved.sum() <= 1, a["keypoints"] - b["keypoints"]
+    # Before the peak-picking: the file's heatmaps (its heatmap convolution's output, the crops and their mirror
+    # images) are PyTorch's, on the crops the estimator cut.
+    crops = []
+    run = from_file.run
+    monkeypatch.setattr(from_file, "run", lambda batch: crops.extend(batch) or run(batch))
+    from_file(images, boxes)
+    graph = onnx.load(paths["fp32"])
+    [final] = [node.output[0] for node in graph.graph.node if node.name == "/final/Conv"]
+    graph.graph.output.append(onnx.ValueInfoProto(name=final))
+    session = onnxruntime.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    batch = torch.stack(crops)
+    [file_heatmaps] = session.run([final], {session.get_inputs()[0].name: batch.numpy()})
+    network = task.model.eval()
+    with torch.no_grad():
+        x = network.input(batch)
+        heatmaps = network.heatmaps(torch.cat([x, x.flip(-1)]))
+    assert network.flip_test and heatmaps.shape == (6, 17, 16, 16)
+    torch.testing.assert_close(torch.from_numpy(file_heatmaps), heatmaps, rtol=1e-4,
+                               atol=1e-4 * float(heatmaps.abs().max()))
