@@ -28,6 +28,19 @@ from backbones import Pyramid
 from ._input import ImageInput, image_size, longer_side_extent, resize
 
 
+def class_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the class axis (1) of ``(N, C, H, W)`` logits.
+
+    Traced, it is written out (max, exp, sum): ONNX Runtime's ``Softmax`` on an axis other than the last
+    transposes around it, 20x slower on the demo's 5x304x304 maps (14.7 against 0.7 ms for a flip-test
+    batch of two, 2 threads) and a quarter of the exported segmenter's time.
+    """
+    if not torch.jit.is_tracing():
+        return logits.softmax(1)
+    exp = (logits - logits.amax(1, keepdim=True)).exp()
+    return exp / exp.sum(1, keepdim=True)
+
+
 class DeepLabV3Plus(nn.Module):
     """DeepLabV3+ over a backbone dilated to output stride 16 or 8, on uint8 RGB images of any size.
 
@@ -111,7 +124,7 @@ class DeepLabV3Plus(nn.Module):
         x = self.input(images, (side, side), (inside[0], inside[1]))
         if self.flip_test:  # one batch of the squares and their mirror images; probabilities averaged
             plain, mirrored = self.logits(torch.cat([x, x.flip(-1)]), aux=False)["out"].chunk(2)
-            scores = (plain.softmax(1) + mirrored.flip(-1).softmax(1)) / 2
+            scores = (class_softmax(plain) + class_softmax(mirrored.flip(-1))) / 2
         else:
             scores = self.logits(x, aux=False)["out"]
         scores = scores[..., : inside[0], : inside[1]]

@@ -121,6 +121,8 @@ def test_segmentation_flip_test_exports(tmp_path):
     stats = agreement("segment", expected, run_images(ExportedModel(path, threads=1), inputs))
     assert faithful("segment", stats), stats
     assert not faithful("segment", agreement("segment", expected, plain)), "the flip test changed nothing"
+    # its softmaxes written out: ONNX Runtime's Softmax off the last axis is 20x slower (heads.deeplabv3plus)
+    assert "Softmax" not in {node.op_type for node in onnx.load(path).graph.node}
 
 
 @pytest.mark.parametrize("task", list(TASKS))
