@@ -9,6 +9,7 @@ import pytest
 import timm
 import torch
 import torchvision
+from sweep import sweep
 from test_weights import _assert_loaded, _randomized
 from timm.models.efficientnet import _gen_mobilenet_v1
 
@@ -32,7 +33,7 @@ def test_the_family_is_registered():
     assert set(FAMILY) <= set(list_backbones())
 
 
-@pytest.mark.parametrize("name", [*TIMM, *MOBILENET_V1_WIDTHS, *TORCHVISION])
+@pytest.mark.parametrize("name", sweep([*TIMM, *MOBILENET_V1_WIDTHS, *TORCHVISION]))
 def test_library_classifier_file_loads(tmp_path, name):
     """The library's own classifier, its weights saved as it publishes them, loads with its head dropped."""
     if name in TORCHVISION:

@@ -12,9 +12,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from sweep import backbones
 from torch import nn
 
-from backbones import Backbone, list_backbones
+from backbones import Backbone
 from heads.deeplabv3plus import DeepLabV3Plus
 from heads.pose import SimpleBaseline
 from heads.ssdlite import SSDLite
@@ -22,12 +23,7 @@ from tasks.export import agreement, export_onnx, faithful, onnx_to_openvino
 from tasks.quantize import conv_nodes
 from tasks.runtime import ExportedModel, openvino_core, read_metadata, run_images
 
-# Large networks: minutes each to build, export and run on two cores (make test-all runs them).
-HEAVY = {"efficientnet_b4", "efficientnet_b5", "efficientnet_b6", "efficientnet_b7", "efficientnet_v2_m",
-         "efficientnet_v2_l", "efficientnet_lite3", "efficientnet_lite4", "fbnetv3_g", "mobilenet_v4_conv_medium",
-         "mobilenet_v4_conv_large", "ofa_mbv3_w12"}
-NAMES = [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n
-         for n in list_backbones() + ["timm:mobilenetv4_conv_small"]]
+NAMES = backbones("timm:mobilenetv4_conv_small")
 FIVE = ["nose", "left_eye", "right_eye", "left_ear", "right_ear"]
 
 

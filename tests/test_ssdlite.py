@@ -4,9 +4,10 @@ from functools import partial
 
 import pytest
 import torch
+from sweep import backbones
 from torchvision.models.detection import ssdlite320_mobilenet_v3_large
 
-from backbones import Backbone, build_backbone, list_backbones
+from backbones import Backbone, build_backbone
 from heads.ssdlite import SSDLite
 from tasks.detect import DetectionTask
 from tasks.export import agreement, faithful
@@ -107,7 +108,7 @@ def test_init_from_rejects_weights_that_do_not_fit(tmp_path):
         task.setup("fit")
 
 
-@pytest.mark.parametrize("name", list_backbones() + ["timm:mobilenetv4_conv_small"])
+@pytest.mark.parametrize("name", backbones("timm:mobilenetv4_conv_small"))
 def test_ssdlite_on_every_backbone(name):
     """Sized from feature_info: train step and inference at a small input, on every backbone."""
     model = SSDLite(build_backbone(name, levels=(16, 32)), num_classes=3, image_size=128)
