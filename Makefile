@@ -43,7 +43,7 @@ demo-export: install  ## export the demo detector (run make demo first) and test
 	for file in model.onnx model_int8.onnx model.xml; do \
 		$(PY) -m tasks.detect test --config $(DEMO_CONFIG) --ckpt_path "$$(ls -t $(DEMO_RUN)/*/export/$$file | head -1)" || exit 1; \
 	done
-	$(PY) -m tasks.report compare $$(ls -td $(DEMO_RUN)/version_* | head -4 | tac)
+	$(PY) -m tasks.reporting compare $$(ls -td $(DEMO_RUN)/version_* | head -4 | tac)
 	$(PY) -m tasks.benchmark runtimes $$(ls -t $(DEMO_RUN)/*/checkpoints/best.ckpt | head -1) \
 		$$(for file in model.onnx model_int8.onnx model.xml; do ls -t $(DEMO_RUN)/*/export/$$file | head -1; done)
 
@@ -62,7 +62,7 @@ demo-int8: install  ## INT8 settings compared on the demo detector (run make dem
 			--int8_calibration $$calibration --int8_float "$$float" --output "$$file" || exit 1; \
 		$(PY) -m tasks.detect test --config $(DEMO_CONFIG) --ckpt_path "$$file" || exit 1; \
 	done
-	$(PY) -m tasks.report compare $$(ls -td $(DEMO_RUN)/version_* | head -$$(($(words $(INT8_SETTINGS)) + 1)) | tac)
+	$(PY) -m tasks.reporting compare $$(ls -td $(DEMO_RUN)/version_* | head -$$(($(words $(INT8_SETTINGS)) + 1)) | tac)
 
 demo-segment: install $(DEMO_DATA)/coco/annotations/instances_val2017.json  ## DeepLabV3+ on the synthetic VOC folder
 	$(PY) -m tasks.segment fit --config configs/demo/deeplabv3plus_mbv2_shapes.yaml

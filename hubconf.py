@@ -13,7 +13,7 @@ dependencies = ["torch", "torchvision", "timm", "segmentation_models_pytorch", "
 from backbones import build_backbone as backbone  # noqa: E402, F401  (a bare pyramid by name)
 from backbones.interop import torchvision_backbone  # noqa: E402, F401
 from tasks.data.pose import COCO_KEYPOINTS  # noqa: E402
-from tasks.hub import model_from_config  # noqa: E402
+from tasks.from_config import model_from_config  # noqa: E402
 
 
 def ssdlite_mbv3(num_classes: int = 80, image_size: int = 320, **kwargs):

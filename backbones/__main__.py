@@ -1,5 +1,9 @@
 """``python -m backbones``: a table of every registered backbone, its size, cost and levels;
-``python -m backbones pick``: the ones that fit a latency budget with a task's head (see ``backbones.pick``)."""
+``python -m backbones pick``: the ones that fit a latency budget with a task's head.
+
+This file is a program, not part of the library: ``pick`` runs the benchmark's picker
+(``tasks.benchmark.pick``), which builds each task's head on every backbone. ``import backbones`` imports
+neither ``heads`` nor ``tasks``."""
 
 from __future__ import annotations
 
@@ -42,7 +46,7 @@ def latency_ms(model: Pyramid, size: int, batch: int = 1, repeats: int = 20) -> 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["pick"]:
-        from .pick import main as pick
+        from tasks.benchmark.pick import main as pick
 
         return pick(argv[1:])
     parser = argparse.ArgumentParser(

@@ -14,7 +14,7 @@ import torch
 
 from ._features import FeatureInfo, FeatureLocation, Level, Pyramid, level_name
 from ._options import check_options, freeze_through
-from ._weights import load_weights, read_state_dict, weight_problems
+from ._weights import LibraryWeights, load_weights, pretrained_weights, weight_problems
 
 Builder = Callable[..., torch.nn.Module]
 
@@ -29,6 +29,13 @@ def _meta_model(model_name: str, builder: Builder | None = None, **kwargs) -> to
     """Build a timm model on the meta device: its structure and key names, with no memory or time."""
     with torch.device("meta"):
         return _create(model_name, builder, **kwargs)
+
+
+def timm_weights(model_name: str, builder: Builder | None = None) -> LibraryWeights:
+    """timm's published weights of ``model_name`` (the classifier's), kept in the Hugging Face cache."""
+    return LibraryWeights(f"timm's pretrained weights for {model_name!r}",
+                          lambda: _create(model_name, builder, pretrained=True).state_dict(),
+                          "With no network, put them in the Hugging Face cache (HF_HOME; timm looks there first)")
 
 
 class TimmBackbone(Pyramid):
@@ -93,28 +100,27 @@ class TimmBackbone(Pyramid):
         if max(strides) > output_stride:
             raise ValueError(f"timm model {model_name!r} ignores {options}: its strides stay {strides}")
 
-        state = read_state_dict(pretrained) if isinstance(pretrained, str) else None
         if pretrained is True:
-            self.model = self._create_pretrained(model_name, builder, kwargs)
-        elif state is not None and weight_problems(
-            {f"model.{k}": v for k, v in _meta_model(model_name, builder, **kwargs).state_dict().items()}, state
-        ):
-            # not a Kestrel backbone's own keys: a timm classifier checkpoint, loaded by timm itself
+            self._check_published(model_name)
+        found = pretrained_weights(pretrained, lambda: timm_weights(model_name, builder))
+        own = {f"model.{k}": v for k, v in _meta_model(model_name, builder, **kwargs).state_dict().items()}
+        if found is None or not weight_problems(own, found[0]):
+            self.model = _create(model_name, builder, **kwargs)
+            if found is not None:  # a Kestrel backbone's own keys
+                load_weights(self, *found)
+        else:  # a timm classifier's (its published weights, or a file): timm maps them onto the feature model
+            state, source = found
             full = _meta_model(model_name, builder)
             classifier = full.pretrained_cfg.get("classifier") or ()
             classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
             problems = weight_problems(full.state_dict(), state, drop=[c + "." for c in classifier])
             if problems:
                 raise ValueError(
-                    f"weights {pretrained!r} fit neither timm's {model_name} classifier nor its feature "
-                    f"model: {'; '.join(problems)}"
+                    f"weights {source} fit neither timm's {model_name} classifier nor its feature model: "
+                    f"{'; '.join(problems)}"
                 )
             overlay = {"state_dict": state}
             self.model = _create(model_name, builder, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
-        else:
-            self.model = _create(model_name, builder, **kwargs)
-            if state is not None:
-                load_weights(self, state, repr(pretrained))
 
         if frozen_stages:
             frozen = [i for i, s in enumerate(nominal) if s <= 2**frozen_stages]
@@ -135,7 +141,7 @@ class TimmBackbone(Pyramid):
         )
 
     @staticmethod
-    def _create_pretrained(model_name: str, builder: Builder | None, kwargs: dict) -> torch.nn.Module:
+    def _check_published(model_name: str) -> None:
         if not timm.list_models(model_name, pretrained=True):
             others = timm.list_models(f"*{model_name}", pretrained=True)
             names = sorted({f"timm:{n.split('.')[0]}" for n in others})
@@ -144,14 +150,6 @@ class TimmBackbone(Pyramid):
                 f"timm publishes no pretrained weights for {model_name!r}{hint}; use pretrained=false or the "
                 "path of a state dict"
             )
-        try:
-            return _create(model_name, builder, pretrained=True, **kwargs)
-        except Exception as err:  # noqa: BLE001 - offline hub errors come in many types
-            raise FileNotFoundError(
-                f"timm could not load pretrained weights for {model_name!r} ({type(err).__name__}: {err}). "
-                "With no network, put them in the Hugging Face cache (HF_HOME; timm looks there first) "
-                "or pass pretrained=<path to a state dict>."
-            ) from None
 
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         return OrderedDict(zip(self.feature_info.names(), self.model(x)))

@@ -19,7 +19,7 @@ from torch import nn
 
 from ._features import FeatureInfo, FeatureLocation, Level, Pyramid, level_name
 from ._options import ALL_LEVELS, check_options, freeze_through
-from ._weights import load_weights, read_state_dict, torchvision_imagenet_weights
+from ._weights import load_weights, pretrained_weights, torchvision_weights
 
 
 def _conv_stride(module: nn.Module) -> int:
@@ -244,13 +244,10 @@ class TorchvisionBackbone(LayerPyramid):
         last = max(tap[2] for tap in taps)
         setattr(self, body_name, body[: last + 1])
 
-        if pretrained:
-            if pretrained is True:
-                state, source = torchvision_imagenet_weights(arch), f"torchvision's ImageNet {arch}"
-            else:
-                state, source = read_state_dict(pretrained), repr(str(pretrained))
+        found = pretrained_weights(pretrained, lambda: torchvision_weights(arch))
+        if found is not None:
             unused = ["classifier."] + [f"{body_name}.{i}." for i in range(last + 1, classifier_layers)]
-            load_weights(self, state, source, drop=unused)
+            load_weights(self, *found, drop=unused)
 
         if bn_momentum is not None:
             for m in self.modules():

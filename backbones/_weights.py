@@ -1,11 +1,13 @@
-"""Loading weights: state-dict files, and torchvision's ImageNet weights through its hub cache."""
+"""Loading weights, one path for every backbone factory: ``pretrained`` names a state dict — the library's
+published ImageNet weights (``True``: from its cache, else the network) or a file — and :func:`load_weights`
+loads it strictly, saying what does not fit."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.error import URLError
 
 import torch
 from torch import nn
@@ -98,22 +100,50 @@ def load_weights(
     module.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
 
 
-def torchvision_imagenet_weights(arch: str) -> dict[str, torch.Tensor]:
-    """torchvision's default ImageNet weights for ``arch``, from the torch hub cache or the network.
+@dataclass(frozen=True)
+class LibraryWeights:
+    """A library's published ImageNet weights of one backbone.
+
+    Attributes:
+        name: What they are (``torchvision's ImageNet weights for mobilenet_v2 (...)``).
+        load: Their state dict, from the library's cache or else the network.
+        offline: How to provide them without a network (where the library's cache looks).
+    """
+
+    name: str
+    load: Callable[[], Mapping[str, torch.Tensor]]
+    offline: str
+
+
+def pretrained_weights(pretrained: bool | str | os.PathLike, library: Callable[[], LibraryWeights]
+                       ) -> tuple[dict[str, torch.Tensor], str] | None:
+    """The state dict a backbone's ``pretrained`` option names, and what it is (for error messages): None for
+    ``False``, the library's ImageNet weights for ``True``, a file's for a path (:func:`read_state_dict`).
 
     Raises:
-        FileNotFoundError: the weights are not cached and cannot be downloaded; says where to put them.
+        FileNotFoundError: the library's weights are neither cached nor downloadable; says how to provide them.
+        ValueError: the file is not a state dict.
     """
+    if pretrained is False or pretrained is None:
+        return None
+    if pretrained is not True:
+        return read_state_dict(pretrained), repr(str(pretrained))
+    weights = library()
+    try:
+        return dict(weights.load()), weights.name
+    except Exception as err:  # noqa: BLE001 - caches and downloads fail in many types (urllib, OS, huggingface_hub)
+        raise FileNotFoundError(
+            f"{weights.name} are not in the cache here and could not be downloaded ({type(err).__name__}: {err}). "
+            f"{weights.offline}, or pass pretrained=<path to a state dict>."
+        ) from None
+
+
+def torchvision_weights(arch: str) -> LibraryWeights:
+    """torchvision's default ImageNet weights for ``arch``, kept in the torch hub cache."""
     from torchvision.models import get_model_weights
 
     weights = get_model_weights(arch).DEFAULT
-    filename = os.path.basename(weights.url)
-    cache = Path(torch.hub.get_dir()) / "checkpoints"
-    try:
-        return weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
-    except (URLError, OSError, ConnectionError) as err:
-        raise FileNotFoundError(
-            f"torchvision's ImageNet weights for {arch} ({weights}) are not in the torch hub cache and "
-            f"could not be downloaded ({err}). Download {weights.url} and put it at {cache / filename} "
-            "(or set TORCH_HOME), or pass pretrained=<path to a state dict>."
-        ) from None
+    cache = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+    return LibraryWeights(f"torchvision's ImageNet weights for {arch} ({weights})",
+                          lambda: weights.get_state_dict(progress=True, check_hash=True, weights_only=True),
+                          f"Download {weights.url} and put it at {cache} (or set TORCH_HOME)")

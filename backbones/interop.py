@@ -23,7 +23,7 @@ from .necks import FPN
 SMP_PREFIX = "kestrel-"
 
 
-class TorchvisionBackbone(nn.Module):
+class BackboneWithFPN(nn.Module):
     """A Kestrel pyramid with torchvision's FPN, as torchvision's detection models expect a backbone.
 
     The output is an ordered dict of ``out_channels``-wide maps named ``"0"``, ``"1"``, ... from the
@@ -56,7 +56,7 @@ def torchvision_backbone(
     levels: Sequence[int] = (4, 8, 16, 32),
     extra_pool: bool = True,
     **options,
-) -> TorchvisionBackbone:
+) -> BackboneWithFPN:
     """Build backbone ``name`` with an FPN for torchvision's detection models.
 
     Args:
@@ -75,7 +75,7 @@ def torchvision_backbone(
     Note that torchvision's detectors normalize images themselves (``image_mean``/``image_std``
     arguments, ImageNet's by default): pass the backbone's ``body.mean`` / ``body.std`` if they differ.
     """
-    return TorchvisionBackbone(build_backbone(name, levels=tuple(levels), **options), out_channels, extra_pool)
+    return BackboneWithFPN(build_backbone(name, levels=tuple(levels), **options), out_channels, extra_pool)
 
 
 # ----------------------------------------------------------------------------- segmentation_models_pytorch

@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.error import URLError
 
 import torch
 from torch import nn
@@ -26,7 +25,7 @@ from ._features import FeatureLocation
 from ._options import ALL_LEVELS, check_options
 from ._registry import register_backbone
 from ._torchvision import LayerPyramid
-from ._weights import load_weights, read_state_dict, weight_problems
+from ._weights import LibraryWeights, load_weights, pretrained_weights, read_state_dict, weight_problems
 
 SUPERNETS = {1.0: "ofa_mbv3_d234_e346_k357_w1.0", 1.2: "ofa_mbv3_d234_e346_k357_w1.2"}
 SUPERNET_URL = "https://raw.githubusercontent.com/han-cai/files/master/ofa/ofa_nets/{}"
@@ -44,22 +43,20 @@ def _check_choice(name: str, value: int | Sequence[int]) -> int | list[int]:
     return values[0] if len(values) == 1 else values
 
 
-def supernet_weights(width_mult: float) -> tuple[dict[str, torch.Tensor], str]:
-    """The Once-for-All supernet's ImageNet weights, from the torch hub cache or the network."""
+def supernet_weights(width_mult: float) -> LibraryWeights:
+    """The Once-for-All supernet's ImageNet weights, kept in the torch hub cache."""
     net_id = SUPERNETS[width_mult]
     path = Path(torch.hub.get_dir()) / "checkpoints" / net_id
-    if not path.is_file():
-        url = SUPERNET_URL.format(net_id)
-        try:
+    url = SUPERNET_URL.format(net_id)
+
+    def load() -> dict[str, torch.Tensor]:
+        if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.hub.download_url_to_file(url, str(path))
-        except (URLError, OSError, ConnectionError) as err:
-            raise FileNotFoundError(
-                f"Once-for-All's supernet {net_id} is not in the torch hub cache and could not be downloaded "
-                f"({err}). Download {url} and put it at {path} (or set TORCH_HOME), or pass "
-                "pretrained=<path to it>."
-            ) from None
-    return read_state_dict(path), f"Once-for-All's {net_id}"
+        return read_state_dict(path)
+
+    return LibraryWeights(f"Once-for-All's supernet {net_id}", load,
+                          f"Download {url} and put it at {path} (or set TORCH_HOME)")
 
 
 class OnceForAll(LayerPyramid):
@@ -105,11 +102,7 @@ class OnceForAll(LayerPyramid):
         supernet = OFAMobileNetV3(
             dropout_rate=0, width_mult=width_mult, ks_list=[3, 5, 7], expand_ratio_list=[3, 4, 6], depth_list=[2, 3, 4]
         )
-        state, source = None, None
-        if pretrained is True:
-            state, source = supernet_weights(width_mult)
-        elif pretrained:
-            state, source = read_state_dict(pretrained), repr(str(pretrained))
+        state, source = pretrained_weights(pretrained, lambda: supernet_weights(width_mult)) or (None, None)
         if state is not None and not weight_problems(supernet.state_dict(), state):
             load_weights(supernet, state, source)
             state = None  # the subnet takes its weights from the supernet

@@ -1,26 +1,19 @@
-"""What every Kestrel task module shares: optimization, ``init_from``, self-describing checkpoints, and
-per-image evaluation results from the network or from an exported file."""
+"""What every Kestrel task module shares: optimization, ``init_from``, self-describing checkpoints, the network's
+predictions (from ``self.model`` or an exported file) and the one evaluation step."""
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import inspect
 import logging
-import subprocess
-import time
-from collections.abc import Sequence
-from importlib.metadata import PackageNotFoundError, version
+import warnings
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-import yaml
-from matplotlib.figure import Figure
 from pytorch_lightning.cli import OptimizerCallable
-from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.parsing import collect_init_args
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -28,16 +21,13 @@ from torch.utils.flop_counter import FlopCounterMode
 from backbones import Backbone, ensure_pyramid, inference_copy
 from backbones._weights import load_weights, read_state_dict
 
-from . import plots
-from .metrics import gather_by_index
+from .deploy.runtime import ExportedModel, file_size_mb, load_exported, run_images
+from .evaluation import Evaluator
 from .optim import SchedulerCallable, TrainingLength, param_groups
-from .report import duration
-from .runtime import ExportedModel, file_size_mb, load_exported, run_images
+from .provenance import backbone_name, file_sha256
+from .reporting.figures import sample_grid
 
 log = logging.getLogger(__name__)
-
-# Detections and poses scoring at least this are drawn (predict's images, the reports' samples, TensorBoard).
-DRAW_SCORE = 0.3
 
 # Lightning rebuilds a task from a checkpoint's hyperparameters with this (jsonargparse, as the CLI does).
 INSTANTIATOR = "pytorch_lightning.cli.instantiate_module"
@@ -83,12 +73,12 @@ class KestrelTask(pl.LightningModule):
     ``Task.load_from_checkpoint(path)`` rebuilds it with no config and no data. A checkpoint never asks
     for ImageNet weights again (``backbone.pretrained`` is stored false) nor for ``init_from``.
 
-    Evaluation: the network predicts (:meth:`predict_images`: uint8 images in, decoded outputs per
-    image, from ``self.model`` or, after :meth:`use_exported`, from an exported file in its runtime);
-    a subclass's :meth:`collect` stores per-image results of a batch with :meth:`keep`;
-    :meth:`gathered` merges them across processes (each image counted once) and :meth:`evaluate`
-    turns them into metrics, logged as ``val/*`` and ``test/*`` (``main_metric`` on the progress bar);
-    ``test`` then writes the report through :meth:`write_report` and prints where it is.
+    Evaluation is one step for every task: the network predicts a batch (:meth:`predict_images`: uint8
+    images in, decoded outputs per image, from ``self.model`` or, after :meth:`use_exported`, from an
+    exported file in its runtime) and the data module's evaluator of the split (``datamodule.evaluator``)
+    is updated with those outputs and the batch's targets; at the epoch's end its numbers are logged as
+    ``val/*`` and ``test/*`` (``main_metric`` on the progress bar). Reports and predictions are written by
+    callbacks (``tasks.reporting``).
 
     Args:
         optimizer: Builds the optimizer from parameter groups.
@@ -101,6 +91,7 @@ class KestrelTask(pl.LightningModule):
 
     main_metric = "map"  # on the progress bar; each task sets its own
     task = ""  # detect, segment, pose: the name exported files carry
+    description = ""  # what the report's details call the model
 
     def __init__(
         self,
@@ -118,18 +109,20 @@ class KestrelTask(pl.LightningModule):
         self.init_from = init_from
         self.channels_last = channels_last
         self.exported: ExportedModel | None = None
-        self._inference: nn.Module | None = None  # the network as evaluation runs it
         self._initialized = False
-        self._results: dict[int, Any] = {}
-        self._started = 0.0
-        self._drawing: Path | None = None
+        # neither is a submodule (no checkpoint entry, device move or DDP sync): the network as evaluation runs
+        # it, a copy with the weights of now; and the evaluator of the split being evaluated
+        object.__setattr__(self, "_inference", None)
+        object.__setattr__(self, "_evaluator", None)
 
     def _save_arguments(self, frame) -> None:
         """The task's arguments (the subclass's too) as its hyperparameters: LightningCLI's parsed config
-        when it builds the task, else a description of what was passed in Python."""
-        # LightningCLI hands its config over in this context variable (pytorch_lightning.cli._InstantiatorFn)
-        if _given_hyperparameters.get() is not None:
+        when it builds the task (its hyperparameters then name their ``_instantiator``), else a description
+        of what was passed in Python."""
+        with warnings.catch_warnings():  # modules passed in Python are described below
+            warnings.filterwarnings("ignore", message=r".*is an instance of `nn\.Module`.*")
             self.save_hyperparameters(frame=frame)
+        if "_instantiator" in self.hparams:
             return
         arguments: dict[str, Any] = {}
         for args in collect_init_args(frame, [], classes=(KestrelTask,)):
@@ -164,10 +157,14 @@ class KestrelTask(pl.LightningModule):
         self.category_ids = list(category_ids or range(1, len(class_names) + 1))
         self.num_classes = len(self.class_names)
 
+    def input_size(self) -> tuple[int, int]:
+        """The network's input ``(height, width)``."""
+        return (self.image_size, self.image_size)
+
     def metadata(self) -> dict[str, Any]:
         """What using the network needs besides its weights: task, input size, class names and ids (pose:
-        keypoint names). Exported files carry it (see ``tasks.export``)."""
-        return {"task": self.task, "input_size": [self.image_size, self.image_size], "class_names": self.class_names,
+        keypoint names). Exported files carry it (see ``tasks.deploy.export``)."""
+        return {"task": self.task, "input_size": list(self.input_size()), "class_names": self.class_names,
                 "category_ids": self.category_ids}
 
     @staticmethod
@@ -179,18 +176,25 @@ class KestrelTask(pl.LightningModule):
         kind = type(backbone)
         return ensure_pyramid(backbone, f"model.backbone {kind.__module__}.{kind.__qualname__}")
 
+    # ----------------------------------------------------------------- weights
     def setup(self, stage: str) -> None:
-        if self.init_from and not self._initialized:
-            self.load_init_weights(self.init_from)
-        self._initialized = True
+        self.initialize(self.trainer.datamodule)
         if stage == "fit" and self.channels_last:
             self.model.to(memory_format=torch.channels_last)
 
-    def load_init_weights(self, path: str) -> None:
+    def initialize(self, datamodule: pl.LightningDataModule | None = None) -> None:
+        """Load ``init_from`` (once: weights restored from ``--ckpt_path`` afterwards win); ``datamodule`` tells
+        weights in another library's layout which labels they map to."""
+        if self.init_from and not self._initialized:
+            self.load_init_weights(self.init_from, datamodule)
+        self._initialized = True
+
+    def load_init_weights(self, path: str, datamodule: pl.LightningDataModule | None = None) -> None:
         """Load ``init_from`` strictly; a Lightning checkpoint of the task loses its ``model.`` prefix. Weights
         that do not fit name the backbone of the checkpoint they come from, where it says."""
         try:
-            load_weights(self.model, self.convert_init_weights(path, self.init_state_dict(path)), repr(path))
+            load_weights(self.model, self.convert_init_weights(path, self.init_state_dict(path), datamodule),
+                         repr(path))
         except ValueError as err:
             theirs, ours = checkpoint_backbone(path), next(
                 (m.name for m in self.model.modules() if isinstance(m, Backbone)), None)
@@ -206,7 +210,8 @@ class KestrelTask(pl.LightningModule):
             state = {k.removeprefix("model."): v for k, v in state.items()}
         return state
 
-    def convert_init_weights(self, path: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def convert_init_weights(self, path: str, state: dict[str, torch.Tensor],
+                             datamodule: pl.LightningDataModule | None = None) -> dict[str, torch.Tensor]:
         """Hook for weights in another library's layout (detection: torchvision's SSDLite)."""
         return state
 
@@ -236,81 +241,54 @@ class KestrelTask(pl.LightningModule):
             return [{k: v.to(self.device) for k, v in r.items()} for r in run_images(self.exported, images)]
         return run_images(self._inference or self.model, images)
 
-    def _start_evaluation(self) -> None:
-        """Per-image results start afresh; the network is copied for inference with the weights of now."""
-        self._results = {}
+    def _copy_for_inference(self) -> None:
+        """The network as evaluation and prediction run it, with the weights of now."""
         copy = inference_copy(self.model, self.channels_last) if self.exported is None else None
-        object.__setattr__(self, "_inference", copy)  # not a submodule: no checkpoint, device move or DDP sync
-
-    # per-image results of validate / test / predict
-    def keep(self, index: int, result: Any) -> None:
-        self._results[index] = result
-
-    def gathered(self) -> dict[int, Any]:
-        return gather_by_index(self._results)
-
-    def on_validation_epoch_start(self) -> None:
-        self._start_evaluation()
+        object.__setattr__(self, "_inference", copy)
 
     def on_train_epoch_start(self) -> None:
         object.__setattr__(self, "_inference", None)  # the weights it copied are changing
 
-    def on_test_epoch_start(self) -> None:
-        self._start_evaluation()
-        self._started = time.perf_counter()
-
     def on_predict_epoch_start(self) -> None:
-        self._start_evaluation()
-        draw = getattr(self.trainer, "draw_predictions", True)
-        self._drawing = Path(self.log_dir()) / "predictions" / "images" if draw else None
-        if self._drawing is not None:
-            self._drawing.mkdir(parents=True, exist_ok=True)
+        self._copy_for_inference()
 
+    def predict_step(self, batch, batch_idx: int) -> list[dict[str, torch.Tensor]]:
+        """Per image, the network's outputs in the image's pixels; the task's prediction writer
+        (``tasks.reporting``) writes them."""
+        return self.predict_images(batch[0])
+
+    # ----------------------------------------------------------------- evaluation
     @property
-    def drawing(self) -> Path | None:
-        """Where ``predict`` writes each image with its predictions drawn; None with ``predict --draw false``."""
-        return self._drawing
+    def evaluator(self) -> Evaluator | None:
+        """The evaluator of the split being (or last) evaluated."""
+        return self._evaluator
 
-    def drawing_note(self) -> str:
-        """What ``predict`` drew, for the line it prints."""
-        if self._drawing is None:
-            return ""
-        count = sum(1 for f in self._drawing.iterdir() if f.is_file())
-        return f"; drawn on each image: {self._drawing} ({count} files)"
+    def evaluator_options(self) -> dict[str, Any]:
+        """The task's evaluation settings, given to ``datamodule.evaluator`` (pose: its rescoring and NMS)."""
+        return {}
 
-    # evaluation, shared by every task
-    def collect(self, batch) -> Any:
-        """Predict a batch and :meth:`keep` each image's result."""
-        raise NotImplementedError
+    def _start_evaluation(self, stage: str) -> None:
+        self._copy_for_inference()
+        datamodule = self.trainer.datamodule
+        if not hasattr(datamodule, "evaluator"):
+            raise ValueError(f"{type(self).__name__} evaluates with its data module's evaluator: give a Kestrel data "
+                             f"module (tasks.data), not {type(datamodule).__name__ if datamodule else 'bare loaders'}")
+        evaluator = datamodule.evaluator(stage, **self.evaluator_options()).to(self.device)
+        object.__setattr__(self, "_evaluator", evaluator)
 
-    def evaluate(self, split: Any, results: dict[int, Any]) -> dict:
-        """The metrics of a split's gathered ``results``."""
-        raise NotImplementedError
+    def on_validation_epoch_start(self) -> None:
+        self._start_evaluation("val")
 
-    def write_report(self, log_dir: str, split: Any, results: dict[int, Any], metrics: dict, seconds: float) -> Path:
-        """Write ``report/`` (numbers, plots, the run's details) into ``log_dir``; return the folder."""
-        raise NotImplementedError
-
-    def samples(self, split: Any, results: dict[int, Any]) -> Figure:
-        """Ground truth beside predictions on a few of the split's images (the report, TensorBoard)."""
-        raise NotImplementedError
-
-    def learning_curves(self) -> dict[str, Figure]:
-        """``{"learning_curves": figure}`` of the training that made the weights evaluated, read from its
-        ``metrics.csv`` (:func:`training_logs`); empty when there is none (weights from elsewhere, no CSV log)."""
-        logs = self.training_logs()
-        figure = plots.learning_curves(logs, self.main_metric) if logs else None
-        return {"learning_curves": figure} if figure is not None else {}
-
-    def training_logs(self) -> list[Path]:
-        """The ``metrics.csv`` files of the training that made the weights evaluated (:func:`training_logs`)."""
-        return training_logs(self.trainer, self.exported.metadata.get("checkpoint") if self.exported else None)
+    def on_test_epoch_start(self) -> None:
+        self._start_evaluation("test")
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self.collect(batch)
+        images, targets = batch
+        self._evaluator.update(self.predict_images(images), targets)
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self.collect(batch)
+        images, targets = batch
+        self._evaluator.update(self.predict_images(images), targets)
 
     def _log_metrics(self, stage: str, metrics: dict) -> None:
         numbers = {f"{stage}/{k}": v for k, v in metrics.items() if isinstance(v, float) and k != self.main_metric}
@@ -320,27 +298,30 @@ class KestrelTask(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
-        split, results = self.trainer.datamodule.split("val"), self.gathered()
-        self._log_metrics("val", self.evaluate(split, results))
+        self._log_metrics("val", self._evaluator.compute())
         board = next((lg for lg in self.loggers if isinstance(lg, TensorBoardLogger)), None)
         if board is not None and self.trainer.is_global_zero:  # what the weights of this epoch predict
-            board.experiment.add_figure("val/samples", self.samples(split, results), self.global_step)
+            board.experiment.add_figure("val/samples", sample_grid(self._evaluator.report()), self.global_step)
 
     def on_test_epoch_end(self) -> None:
-        split = self.trainer.datamodule.split("test")
-        results = self.gathered()
-        metrics = self.evaluate(split, results)
-        self._log_metrics("test", metrics)
-        log_dir = self.log_dir()
-        if self.trainer.is_global_zero:
-            folder = self.write_report(log_dir, split, results, metrics, time.perf_counter() - self._started)
-            print(f"Evaluation report: {folder / 'report.md'} (numbers in {folder / 'metrics.json'})")
+        self._log_metrics("test", self._evaluator.compute())
 
-    def run_details(self, task: str, input_size: tuple[int, int], data: str, counts: dict[str, int],
-                    seconds: float) -> dict[str, Any]:
-        """What produced a report's numbers: model, size and cost, data, weights or exported file and its
-        runtime, code version, time."""
-        checkpoint = getattr(self.trainer, "ckpt_path", None) or self.init_from
+    # ----------------------------------------------------------------- what the report says of the model
+    def model_details(self) -> dict[str, str]:
+        """The model's rows of a report's details: task, backbone, head, input size, parameters, GFLOPs."""
+        height, width = self.input_size()
+        return {
+            "task": self.description,
+            "backbone": backbone_name(self.model),
+            "head": type(self.model).__name__,
+            "input size": f"{height}x{width}",
+            "parameters (M)": f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}",
+            "GFLOPs (one forward)": f"{self.gflops():.2f}",
+        }
+
+    def weights_details(self) -> dict[str, str]:
+        """Where the evaluated weights come from: the checkpoint, or the exported file and its runtime."""
+        checkpoint = self.trainer.ckpt_path or self.init_from
         if self.exported is not None:
             checkpoint = str(self.exported.path)
             weights = {"runtime": self.exported.runtime, "model file": checkpoint,
@@ -349,123 +330,14 @@ class KestrelTask(pl.LightningModule):
         else:
             weights = {"runtime": f"PyTorch {torch.__version__} (eager)",
                        "checkpoint": checkpoint or "none (weights as initialized)"}
-        return {
-            "task": task,
-            "backbone": backbone_name(self.model),
-            "head": type(self.model).__name__,
-            "input size": f"{input_size[0]}x{input_size[1]}",
-            "parameters (M)": f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}",
-            "GFLOPs (one forward)": f"{self.gflops(input_size):.2f}",
-            "data": data,
-            **counts,
-            **weights,
-            "checkpoint sha256": file_sha256(checkpoint) if checkpoint else "-",
-            "Kestrel": kestrel_version(),
-            "training (fit wall time)": fit_time(self.training_logs()) or "-",
-            "evaluation wall time (s)": f"{seconds:.1f}",
-        }
+        return {**weights, "checkpoint sha256": file_sha256(checkpoint) if checkpoint else "-"}
 
     @torch.no_grad()
-    def gflops(self, input_size: tuple[int, int]) -> float:
-        """GFLOPs of one forward of one image, decoding included (torch's FLOP counter)."""
+    def gflops(self) -> float:
+        """GFLOPs of one forward of one image at the input size, decoding included (torch's FLOP counter)."""
         counter = FlopCounterMode(display=False)
         was_training = self.model.training
         with counter:
-            self.model.eval()(torch.zeros(1, 3, *input_size, dtype=torch.uint8, device=self.device))
+            self.model.eval()(torch.zeros(1, 3, *self.input_size(), dtype=torch.uint8, device=self.device))
         self.model.train(was_training)
         return counter.get_total_flops() / 1e9
-
-    def log_dir(self) -> str:
-        """The run's log folder; a collective under DDP, so every process must ask."""
-        return self.trainer.log_dir
-
-
-def training_logs(trainer: pl.Trainer, exported_from: str | None = None) -> list[Path]:
-    """The ``metrics.csv`` files of the training that made the weights being evaluated: the run folder of the
-    checkpoint (``version_N/checkpoints/x.ckpt``; for an exported file, the checkpoint it came from) and of
-    any later ``fit`` that resumed from that folder's checkpoints (its ``config.yaml`` names one), in order;
-    else the trainer's own CSV log when it has trained (fit, then test, in one process)."""
-    checkpoint = exported_from or getattr(trainer, "ckpt_path", None)
-    if checkpoint and Path(checkpoint).parent.name == "checkpoints":
-        folder = Path(checkpoint).parent
-        runs = [folder.parent]
-        for run in sorted(folder.parent.parent.glob("version_*"), key=_version_number):
-            if run != folder.parent and _resumed_from(run) == folder.resolve():
-                runs.append(run)
-        return [run / "metrics.csv" for run in runs if _trained(run / "metrics.csv")]
-    if checkpoint is None and trainer.global_step > 0:
-        for logger in trainer.loggers:
-            if isinstance(logger, CSVLogger):
-                logger.save()
-                log = Path(logger.log_dir) / "metrics.csv"
-                return [log] if log.is_file() else []
-    return []
-
-
-def fit_time(logs: Sequence[Path]) -> str | None:
-    """How long the fit of these training logs took, by the ``time/fit_s`` its :class:`tasks.cli.FitTimer`
-    logged each epoch (a resumed fit counts on from its checkpoint's): ``9 min 12 s for 10 epochs (validation
-    35 s of it)``; None if they hold none."""
-    rows = [row for log in logs for row in plots.read_log(log) if "time/fit_s" in row]
-    if not rows:
-        return None
-    last = rows[-1]
-    epochs = int(last["epoch"]) + 1
-    return (f"{duration(last['time/fit_s'])} for {epochs} epoch{'s' * (epochs != 1)} "
-            f"(validation {duration(last.get('time/validation_s', 0.0))} of it)")
-
-
-def _trained(log: Path) -> bool:
-    """Whether a ``metrics.csv`` logged training (not only a test run's numbers)."""
-    try:
-        with open(log) as file:
-            return "train/" in file.readline()
-    except OSError:
-        return False
-
-
-def _version_number(run: Path) -> int:
-    number = run.name.removeprefix("version_")
-    return int(number) if number.isdigit() else -1
-
-
-def _resumed_from(run: Path) -> Path | None:
-    """The checkpoint folder whose checkpoint a run started from (its saved config's ``ckpt_path``)."""
-    try:
-        path = yaml.safe_load((run / "config.yaml").read_text()).get("ckpt_path")
-    except (OSError, yaml.YAMLError, AttributeError):
-        return None
-    return Path(path).parent.resolve() if path else None
-
-
-def backbone_name(network: nn.Module) -> str:
-    """The registered name of a network's backbone (found inside necks and wrappers), else its class."""
-    backbone = getattr(network, "backbone", None)
-    while not hasattr(backbone, "name") and hasattr(backbone, "body"):
-        backbone = backbone.body
-    return getattr(backbone, "name", type(backbone).__name__)
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def kestrel_version() -> str:
-    """The installed version and, in a git checkout, the commit (``+dirty`` with uncommitted changes)."""
-    try:
-        installed = version("kestrel-vision")
-    except PackageNotFoundError:
-        installed = "not installed"
-    root = Path(__file__).resolve().parents[1]
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return f"{installed} (not a git checkout)"
-    return f"{installed}, commit {commit}{'+dirty' if dirty else ''}"

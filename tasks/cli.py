@@ -5,26 +5,24 @@ from __future__ import annotations
 import os
 import re
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, Timer
+from pytorch_lightning.callbacks import Callback, LearningRateMonitor, Timer
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 
-from .quantize import DEFAULT_KEEP_FLOAT, Calibration, KeepFloat
-from .report import duration
-from .runtime import is_exported
+from .callbacks import FitTimer, checkpoints
+from .deploy.quantize import DEFAULT_KEEP_FLOAT, Calibration, KeepFloat
+from .deploy.runtime import is_exported
+from .reporting import PredictionWriter, ReportWriter
 
 
 class KestrelTrainer(pl.Trainer):
     """Lightning's Trainer with one more entry point, :meth:`export` (``python -m tasks.<task> export``), and
     :meth:`predict` drawing the predictions on the images."""
-
-    draw_predictions = True
 
     def predict(self, model=None, dataloaders=None, datamodule=None, return_predictions=None, ckpt_path=None,
                 weights_only=None, draw: bool = True):
@@ -42,7 +40,9 @@ class KestrelTrainer(pl.Trainer):
             weights_only: Lightning's ``torch.load`` setting.
             draw: Write the images with their predictions drawn (``false``: the result files only).
         """
-        self.draw_predictions = draw
+        for callback in self.callbacks:
+            if isinstance(callback, PredictionWriter):
+                callback.draw = draw
         return super().predict(model, dataloaders, datamodule, return_predictions, ckpt_path, weights_only)
 
     def export(
@@ -71,125 +71,39 @@ class KestrelTrainer(pl.Trainer):
             int8_calibration: How INT8 sets activation ranges: ``percentile`` or ``minmax``.
             int8_float: Convolutions INT8 keeps in float: ``first_conv``, ``last_convs``.
         """
-        from .export import export_task
+        from .deploy.export import export_task
 
-        model.trainer = self  # as fit and test connect them: the task may read its data module
-        self._data_connector.attach_datamodule(model, datamodule=datamodule)
         return export_task(self, model, datamodule, ckpt_path, format, int8, output, calibration_images,
                            int8_calibration, int8_float)
 
 
-class KestrelCheckpoint(ModelCheckpoint):
-    """Lightning's ``ModelCheckpoint`` with the two files kept apart: ``best.ckpt`` (the top-k by
-    ``monitor``) is written only when validation has just measured the weights it holds, and
-    ``last.ckpt`` every ``every_n_train_steps`` training steps and after every validation, so that a
-    crash costs at most the steps since the last one (``fit --ckpt_path last`` resumes).
-
-    Lightning's own callback saves its top-k at step checkpoints too, scored by the last validation
-    metric, so that ``best.ckpt`` could hold weights from steps after the ones its score measured.
-    """
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        every = self._every_n_train_steps
-        if every >= 1 and trainer.global_step % every == 0 and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        batches = trainer.num_val_batches
-        validates = sum(batches) if isinstance(batches, list) else batches
-        if not self._skip(trainer) and not validates:  # no validation to wait for
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if self._skip(trainer):
-            return
-        candidates = self._monitor_candidates(trainer)
-        self._save_topk_checkpoint(trainer, candidates)
-        self._save_last_checkpoint(trainer, candidates)
-
-    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        """A run that fails (a bad file found while training, an interrupt) still leaves ``last.ckpt``, if it
-        trained a step (before that, the checkpoint folder is not even chosen)."""
-        if not self._skip(trainer) and trainer.global_step > 0 and self.dirpath is not None:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-
-    @staticmethod
-    def _skip(trainer) -> bool:
-        from pytorch_lightning.trainer.states import TrainerFn
-
-        return bool(trainer.fast_dev_run) or trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking
-
-
-class FitTimer(Timer):
-    """Lightning's ``Timer`` (it also enforces ``trainer.max_time``) that says how long a fit took: the wall
-    time since training started (``time/fit_s``) and the share spent validating (``time/validation_s``)
-    are logged every epoch, and the fit ends with one line, ``Fit: 10 epochs, 2500 steps in 9 min 12 s
-    (validation 35 s of it)``. The report of a checkpoint's ``test`` reads them from the run's log. A
-    resumed fit counts on from the checkpoint's time.
-    """
-
-    def __init__(self, duration=None, interval: str = "step", verbose: bool = True) -> None:
-        super().__init__(duration, interval, verbose)
-        self._validation_started: float | None = None
-        self._validating = 0.0
-        self._validating_offset = 0.0
-
-    def on_validation_start(self, trainer, pl_module) -> None:
-        super().on_validation_start(trainer, pl_module)
-        self._validation_started = None if trainer.sanity_checking else time.monotonic()
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        super().on_validation_end(trainer, pl_module)
-        if self._validation_started is not None:
-            self._validating += time.monotonic() - self._validation_started
-            self._validation_started = None
-
-    def validation_seconds(self) -> float:
-        """Wall time of the fit's validation loops (the sanity check not counted)."""
-        return self._validating_offset + self._validating
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        super().on_train_epoch_end(trainer, pl_module)
-        pl_module.log_dict({"time/fit_s": self.time_elapsed("train"), "time/validation_s": self.validation_seconds()},
-                           rank_zero_only=True)
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        super().on_train_end(trainer, pl_module)
-        if trainer.is_global_zero and not trainer.fast_dev_run:
-            epochs = trainer.current_epoch
-            print(f"Fit: {epochs} epoch{'s' * (epochs != 1)}, {trainer.global_step} steps in "
-                  f"{duration(self.time_elapsed('train'))} (validation {duration(self.validation_seconds())} of it)")
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "validation_s": self.validation_seconds()}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        super().load_state_dict(state_dict)
-        self._validating_offset = state_dict.get("validation_s", 0.0)
-
-
 class KestrelCLI(LightningCLI):
-    """LightningCLI with data properties linked to the model, and checkpoints on a validation metric.
+    """LightningCLI with data properties linked to the model, checkpoints on a validation metric, and the
+    task's report and prediction writers.
 
-    :class:`KestrelCheckpoint` (``checkpoint.*``) keeps ``best.ckpt`` by ``monitor`` and ``last.ckpt``
-    every ``checkpoint.every_n_train_steps`` steps. Every subcommand accepts ``--ckpt_path best`` or
-    ``last``: the newest such file under ``trainer.default_root_dir``'s runs. ``fit`` resumes from it
-    (weights, optimizer, schedule, step) and keeps writing checkpoints beside it, so that ``best.ckpt``
-    is replaced only by a better one; ``validate``, ``test`` and ``predict`` also take an exported file
-    (``.onnx``, OpenVINO ``.xml``) and run it in its runtime.
+    ``fit`` keeps ``best.ckpt`` by ``monitor`` and ``last.ckpt`` (:func:`tasks.callbacks.checkpoints`, options
+    ``checkpoint.*``). Every subcommand accepts ``--ckpt_path best`` or ``last``: the newest such file under
+    ``trainer.default_root_dir``'s runs. ``fit`` resumes from it (weights, optimizer, schedule, step) and keeps
+    writing checkpoints beside it, so that ``best.ckpt`` is replaced only by a better one; ``validate``,
+    ``test`` and ``predict`` also take an exported file (``.onnx``, OpenVINO ``.xml``) and run it in its
+    runtime. ``test`` writes the report (:class:`tasks.reporting.ReportWriter`), ``predict`` the predictions
+    (``writer``).
 
     Args:
         model_class: The task's LightningModule.
         datamodule_class: Its LightningDataModule.
         monitor: Validation metric to keep the best checkpoint by (higher is better).
         links: Data-module attributes that are model arguments: ``{"data.x": "model.y"}``.
+        writer: The task's prediction writer.
         args: Command-line arguments; ``sys.argv`` if None.
     """
 
     def __init__(self, model_class, datamodule_class, monitor: str, links: dict[str, str],
-                 args: list[str] | None = None):
+                 writer: type[PredictionWriter], args: list[str] | None = None):
         self.monitor = monitor
         self.links = links
+        self.writer = writer
+        self.exported_path: str | None = None  # an exported file given as --ckpt_path, run instead of the model
         super().__init__(
             model_class,
             datamodule_class,
@@ -204,48 +118,23 @@ class KestrelCLI(LightningCLI):
         return {**LightningCLI.subcommands(), "export": {"model", "datamodule"}}
 
     def add_arguments_to_parser(self, parser) -> None:
-        for action in parser._actions:
+        for action in parser._actions:  # argparse keeps its actions in this list; there is no public accessor
             if action.dest == "model.backbone" and hasattr(action, "extra_help"):
                 # jsonargparse would list every importable nn.Module subclass (2,000 lines) and no backbone
                 action.extra_help = _backbone_help
         for source, target in self.links.items():
             parser.link_arguments(source, target, apply_on="instantiate")
-        parser.add_lightning_class_args(KestrelCheckpoint, "checkpoint")
-        parser.set_defaults({
-            "checkpoint.monitor": self.monitor,
-            "checkpoint.mode": "max",
-            "checkpoint.filename": "best",
-            "checkpoint.save_last": True,
-            "checkpoint.every_n_train_steps": 500,
-            "checkpoint.auto_insert_metric_name": False,
-        })
+        parser.add_function_arguments(checkpoints, "checkpoint")
+        parser.set_defaults({"checkpoint.monitor": self.monitor})
 
-    def instantiate_trainer(self, **kwargs) -> pl.Trainer:
-        """The trainer, logging by default to CSV and TensorBoard in the same ``version_N`` folder, with the
-        learning rate logged every step and the fit timed (:class:`FitTimer`)."""
-        config = self._get(self.config_init, "trainer", default={})
-        loggers = config.get("logger")
-        if loggers is None or loggers is True:
-            root = config.get("default_root_dir") or os.getcwd()
-            kwargs["logger"] = loggers = default_loggers(root)
-        callbacks = config.get("callbacks") or []
-        callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
-        if loggers and self.subcommand == "fit" and not any(isinstance(c, LearningRateMonitor) for c in callbacks):
-            callbacks.append(LearningRateMonitor(logging_interval="step"))
-        # Every subcommand has it, as Lightning asks of a checkpoint's stateful callbacks; it enforces max_time
-        # in the place of the Timer Lightning would add.
-        if not any(isinstance(c, Timer) for c in callbacks):
-            callbacks.append(FitTimer(config.get("max_time")))
-            kwargs["max_time"] = None
-        kwargs["callbacks"] = callbacks
-        return super().instantiate_trainer(**kwargs)
-
-    def _parse_ckpt_path(self) -> None:
-        """Resolve ``best`` / ``last`` first, so that their hyperparameters are read as a path's are; an
-        exported file has none to read; a file that is no checkpoint of this task is one clear error."""
+    def parse_arguments(self, parser, args) -> None:
+        """Lightning's parsing, then ``--ckpt_path`` made a file: ``best`` / ``last`` resolved (before Lightning
+        reads the checkpoint's hyperparameters into the config), an exported file set aside to be run in its
+        runtime, and a file that is no checkpoint of this task one clear error."""
+        super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         if subcommand not in ("fit", "validate", "test", "predict", "export"):
-            return super()._parse_ckpt_path()
+            return
         config = self.config[subcommand]
         name = config.get("ckpt_path")
         if name in ("best", "last"):
@@ -255,33 +144,37 @@ class KestrelCLI(LightningCLI):
             raise FileNotFoundError(f"--ckpt_path {name}: no such file")
         path = config.ckpt_path
         if path is None:
-            return None
+            return
         if is_exported(path):
             if subcommand == "export":
                 raise ValueError(f"--ckpt_path {path} is already exported; export a checkpoint")
-            return None
+            self.exported_path, config.ckpt_path = path, None  # it holds no hyperparameters for Lightning to read
+            return
         folder = Path(path).parent
         if subcommand == "fit" and config.checkpoint.get("dirpath") is None and folder.name == "checkpoints":
             # the resumed run's checkpoints stay with the ones it continues: its best.ckpt is replaced only by a
             # better one (ModelCheckpoint restores its best score where the folder is the same)
             config.checkpoint.dirpath = str(folder)
-        return self._read_checkpoint(path)
+        self._check_checkpoint(subcommand, path)
 
-    def _read_checkpoint(self, path: str) -> None:
-        """Lightning's reading of the checkpoint's hyperparameters into the config, with a truncated or foreign
-        file, or another task's checkpoint, as one sentence naming the file."""
+    def _check_checkpoint(self, subcommand: str, path: str) -> None:
+        """A truncated or foreign file, or another task's checkpoint, as one sentence naming the file: the
+        checkpoint's hyperparameters parsed as Lightning parses them next, its errors kept."""
         import torch
         from jsonargparse import ArgumentError
 
         try:
-            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as err:  # noqa: BLE001 - torch raises many kinds for "not a checkpoint"
             reason = str(err).split(". ")[0]
             raise ValueError(f"checkpoint {path!r} cannot be read: truncated, or not a PyTorch checkpoint "
                              f"({type(err).__name__}: {reason})") from None
+        hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k != "_instantiator"}
+        if not hparams:
+            return
         exit_on_error, self.parser.exit_on_error = self.parser.exit_on_error, False
         try:
-            super()._parse_ckpt_path()
+            self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
         except ArgumentError as err:
             text = str(err)
             head = re.search(r"Expected '([\w.]+)' to be a subclass of <class '([\w.]+)'>", text)
@@ -303,11 +196,40 @@ class KestrelCLI(LightningCLI):
                   f"{model.init_from} holds every weight")
             init_args.pretrained = False
 
+    def instantiate_trainer(self, **kwargs) -> pl.Trainer:
+        """The trainer, logging by default to CSV and TensorBoard in the same ``version_N`` folder, with the
+        subcommand's callbacks: ``fit`` its checkpoints, the learning rate logged every step and the fit timed
+        (:class:`tasks.callbacks.FitTimer`); ``test`` the report writer; ``predict`` the prediction writer."""
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        trainer = config.get("trainer") or {}
+        loggers = trainer.get("logger")
+        if loggers is None or loggers is True:
+            root = trainer.get("default_root_dir") or os.getcwd()
+            kwargs["logger"] = loggers = default_loggers(root)
+        callbacks: list[Callback] = trainer.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
+        if "checkpoint" in config:  # every subcommand has them: a checkpoint's callback states find them there
+            options = config["checkpoint"].as_dict()
+            if self.subcommand != "fit":  # they save nothing, but ModelCheckpoint would save when a test fails
+                options["save_on_exception"] = False
+            callbacks += checkpoints(**options)
+        if self.subcommand == "fit" and loggers and not any(isinstance(c, LearningRateMonitor) for c in callbacks):
+            callbacks.append(LearningRateMonitor(logging_interval="step"))
+        if self.subcommand == "test":
+            callbacks.append(ReportWriter())
+        elif self.subcommand == "predict":
+            callbacks.append(self.writer())
+        # Every subcommand has it, as Lightning asks of a checkpoint's stateful callbacks; it enforces max_time
+        # in the place of the Timer Lightning would add.
+        if not any(isinstance(c, Timer) for c in callbacks):
+            callbacks.append(FitTimer(trainer.get("max_time")))
+            kwargs["max_time"] = None
+        kwargs["callbacks"] = callbacks
+        return super().instantiate_trainer(**kwargs)
+
     def _run_exported(self) -> None:
-        kwargs = self.config_init[self.subcommand]
-        if is_exported(kwargs.get("ckpt_path")):
-            self.model.use_exported(kwargs["ckpt_path"])
-            kwargs["ckpt_path"] = None
+        if self.exported_path is not None:
+            self.model.use_exported(self.exported_path)
 
     def before_validate(self) -> None:
         self._run_exported()

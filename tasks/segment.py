@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from pytorch_lightning.cli import OptimizerCallable
 from segmentation_models_pytorch.losses import DiceLoss
 from torch import nn
@@ -25,18 +22,12 @@ from torch import nn
 from backbones import Backbone, Pyramid
 from heads.deeplabv3plus import DeepLabV3Plus
 
-from . import plots
 from ._base import KestrelTask
 from .cli import KestrelCLI, main
-from .data.images import read_image
-from .data.segmentation import VOID, SegmentationData, SegmentationSplit
-from .data.voc import VOC_PALETTE
-from .drawing import draw_labels, save_image
-from .metrics import confusion_matrix, segmentation_metrics
+from .data.segmentation import SegmentationData
+from .evaluation import VOID
 from .optim import SchedulerCallable, WarmupPolyLR
-from .report import write_report
-
-SAMPLES = 4  # images shown in the report
+from .reporting import SegmentationWriter
 
 
 def _sgd(params) -> torch.optim.Optimizer:
@@ -90,11 +81,14 @@ class SegmentationTask(KestrelTask):
         self.aux_weight = aux_weight
         self.dice_weight = dice_weight
         self.dice = DiceLoss("multiclass", ignore_index=VOID) if dice_weight else None
-        self._predictions: Path | None = None
+
+    @property
+    def description(self) -> str:
+        return f"semantic segmentation (DeepLabV3+, output stride {self.model.output_stride})"
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        images, masks, _ = batch
-        target = torch.stack(masks)
+        images, targets = batch
+        target = torch.stack([t["mask"] for t in targets])
         out = self.model(images)
         losses = {"ce": F.cross_entropy(out["out"], target, ignore_index=VOID)}
         if "aux" in out:
@@ -106,85 +100,10 @@ class SegmentationTask(KestrelTask):
                       prog_bar=True, batch_size=len(images))
         return loss
 
-    # ----------------------------------------------------------------- evaluation
-    def _labels(self, images) -> list[torch.Tensor]:
-        """Per image, the predicted labels at its own resolution."""
-        return [out["labels"] for out in self.predict_images(images)]
-
-    def collect(self, batch) -> None:
-        """Per image its confusion matrix, and for the first few images (the report's samples) the labels."""
-        images, masks, meta = batch
-        labels = self.num_classes + 1
-        for prediction, mask, info in zip(self._labels(images), masks, meta):
-            sample = prediction.to(torch.uint8).cpu() if info["index"] < SAMPLES else None
-            self.keep(info["index"], (confusion_matrix(prediction, mask, labels).cpu().numpy(), sample))
-
-    def evaluate(self, split: SegmentationSplit, results: dict[int, tuple]) -> dict:
-        """mIoU, pixel accuracy and per-class IoU of the summed per-image confusion matrices."""
-        total = np.sum([confusion for confusion, _ in results.values()], axis=0)
-        return segmentation_metrics(total, split.label_names)
-
-    def write_report(self, log_dir: str, split: SegmentationSplit, results: dict[int, tuple], metrics: dict,
-                     seconds: float) -> Path:
-        size = self.image_size
-        run = self.run_details(f"semantic segmentation (DeepLabV3+, output stride {self.model.output_stride})",
-                               (size, size), split.description, {"images": len(split.records)}, seconds)
-        run["input size"] += ": each image fitted into it (aspect ratio kept, padded), labels at its own size"
-        notes = [
-            "IoU = TP / (TP + FP + FN) over every pixel of the split; void pixels (255) are ignored.",
-            "n/a: a class absent from both ground truth and predictions has no IoU and is left out of the mean.",
-        ]
-        per_class = {name: {"iou": v} for name, v in metrics["per_class_iou"].items()}
-        total = np.sum([confusion for confusion, _ in results.values()], axis=0)
-        figures = {
-            "per_class_iou": plots.bars(metrics["per_class_iou"], "IoU per class", "IoU"),
-            "confusion_matrix": plots.confusion(total, split.label_names),
-            "samples": self.samples(split, results),
-            **self.learning_curves(),
-        }
-        return write_report(log_dir, "Segmentation report", metrics, ["miou", "pixel_accuracy"], per_class,
-                            ["iou"], run, notes, figures)
-
-    def samples(self, split: SegmentationSplit, results: dict[int, tuple]):
-        """Ground truth beside the prediction, as overlays with a legend, for the first images."""
-        panels, titles = [], []
-        for index in sorted(i for i, (_, sample) in results.items() if sample is not None):
-            record = split.records[index]
-            image = torch.from_numpy(read_image(record.file)).permute(2, 0, 1)
-            truth = split.mask(record)
-            for labels, title in ((None if truth is None else torch.from_numpy(truth), "ground truth"),
-                                  (results[index][1], "prediction")):
-                panels.append(image if labels is None else draw_labels(image, labels, split.label_names))
-                titles.append(f"{record.file.name}: {title}")
-        return plots.grid(panels, titles)
-
-    # ----------------------------------------------------------------- prediction
-    def on_predict_epoch_start(self) -> None:
-        super().on_predict_epoch_start()
-        self._predictions = Path(self.log_dir()) / "predictions"
-        self._predictions.mkdir(parents=True, exist_ok=True)
-
-    def predict_step(self, batch, batch_idx: int) -> None:
-        """Write each image's labels, at its own size, as ``predictions/<image>.png`` (nothing is kept in
-        memory: a data set's full-resolution label maps would not fit), and the image with them drawn over
-        it and a legend into ``predictions/images/`` (unless ``predict --draw false``)."""
-        labels = self._labels(batch[0])
-        records = self.trainer.datamodule.split("predict").records
-        names = ["background", *self.class_names]
-        for image, prediction, info in zip(batch[0], labels, batch[2]):
-            prediction = prediction.to(torch.uint8).cpu()
-            file = records[info["index"]].file
-            png = Image.fromarray(prediction.numpy(), mode="P")
-            png.putpalette(VOC_PALETTE)
-            png.save(self._predictions / f"{file.stem}.png")
-            if self.drawing is not None:
-                save_image(draw_labels(image.cpu(), prediction, names), self.drawing / file.name)
-
-    def on_predict_epoch_end(self) -> None:
-        self.trainer.strategy.barrier()  # every process has written its PNGs
-        if self.trainer.is_global_zero:
-            count = len(list(self._predictions.glob("*.png")))
-            print(f"Predictions: {self._predictions} ({count} palette PNGs of class indices)" + self.drawing_note())
+    def model_details(self) -> dict[str, str]:
+        details = super().model_details()
+        details["input size"] += ": each image fitted into it (aspect ratio kept, padded), labels at its own size"
+        return details
 
 
 # What the data tells the model (LightningCLI links them when both are built from a config).
@@ -194,7 +113,8 @@ LINKS = {"data.class_names": "model.class_names", "data.category_ids": "model.ca
 
 def cli_main(args: list[str] | None = None) -> KestrelCLI:
     """Run the segmentation command line (``args`` as on the command line; ``sys.argv`` if None)."""
-    return KestrelCLI(SegmentationTask, SegmentationData, monitor="val/miou", links=LINKS, args=args)
+    return KestrelCLI(SegmentationTask, SegmentationData, monitor="val/miou", links=LINKS, writer=SegmentationWriter,
+                      args=args)
 
 
 if __name__ == "__main__":

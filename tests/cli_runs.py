@@ -2,11 +2,9 @@
 
 import json
 import re
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 DEMO_CONFIGS = Path(__file__).parents[1] / "configs" / "demo"
@@ -56,15 +54,3 @@ def check_report(folder: Path, headline: list[str], plots: set[str], backbone: s
     page = (folder / "report.html").read_text()
     assert len(re.findall(r'src="data:image/png;base64,', page)) == len(list(folder.glob("*.png")))
     return metrics
-
-
-@contextmanager
-def threads(count: int):
-    """Run with ``count`` torch threads: a process of a 2-process DDP run gets one, and convolutions summed
-    by another number of threads differ in the last bits, enough to reorder near-tied detections."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

@@ -41,3 +41,31 @@ def hub_dir(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
     yield tmp_path / "hub"
     torch.hub.set_dir(previous)
+
+
+@pytest.fixture(scope="session")
+def shapes(tmp_path_factory):
+    """The synthetic data set (COCO instances and keypoints, VOC folders; 16 training and 8 validation images),
+    made once per test run. Tests read it; one that changes files works on a copy (``shutil.copytree``)."""
+    from tasks.data.synthetic import generate
+
+    return generate(tmp_path_factory.mktemp("shapes"), train=16, val=8, seed=2, progress=False)
+
+
+@pytest.fixture(scope="session")
+def detector_run(shapes, tmp_path_factory):
+    """The run folder of one ``python -m tasks.detect fit`` of the demo config at 128 px on ``shapes``: the
+    checkpoints (``version_0/checkpoints/best.ckpt``, ``last.ckpt``) every detection test shares.
+
+    It trains 40 epochs on the validation images (80 steps, half a minute) to learn them (mAP@0.5 about 0.7):
+    a detector whose scores are still flat would make "the exported file scores what the checkpoint scores" a
+    comparison of near-ties, which runtimes may break either way."""
+    from cli_runs import demo_args
+
+    from tasks.detect import cli_main
+
+    run_dir = tmp_path_factory.mktemp("detector_run")
+    cli_main(["fit", *demo_args("ssdlite_mbv3_shapes", shapes / "coco", run_dir, "128", "--trainer.max_epochs", "40",
+                                "--data.train_split", "val2017", "--trainer.log_every_n_steps", "1",
+                                "--data.augment", "none", "--model.scheduler.init_args.warmup_steps", "3")])
+    return run_dir

@@ -14,11 +14,12 @@ REPRESENTATIVES = ("mobilenet_v3_large", "efficientnet_b0", "mnasnet_050", "mobi
                    "mobilenet_v4_conv_small", "fbnetc_100", "efficientnet_lite0", "ofa_mbv3")
 
 
-def sweep(names: Iterable[str]) -> list:
-    """``names`` as parameters, all but the representatives marked slow."""
-    return [name if name in REPRESENTATIVES else pytest.param(name, marks=pytest.mark.slow) for name in names]
+def sweep(names: Iterable[str], keep: Iterable[str] = REPRESENTATIVES) -> list:
+    """``names`` as parameters, all but those in ``keep`` marked slow."""
+    keep = set(keep)
+    return [pytest.param(name, marks=() if name in keep else pytest.mark.slow) for name in names]
 
 
 def backbones(*extra: str) -> list:
     """Every registered backbone (the representatives by default, the rest slow), then ``extra`` names."""
-    return [*sweep(list_backbones()), *extra]
+    return sweep([*list_backbones(), *extra], keep=(*REPRESENTATIVES, *extra))

@@ -15,27 +15,19 @@ from tasks.benchmark.__main__ import main
 from tasks.benchmark.machine import describe_machine, has_int8_instructions
 from tasks.benchmark.subjects import reference_subject
 from tasks.benchmark.timing import interleaved, summary
-from tasks.data.synthetic import generate
 from tasks.detect import cli_main
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return generate(tmp_path_factory.mktemp("shapes"), train=12, val=5, seed=5, progress=False)
-
-
-@pytest.fixture(scope="module")
-def config(data, tmp_path_factory):
-    """The demo detection config on the test data, shrunk (96 px, batches of 4, no workers), its run trained."""
+def config(shapes, detector_run, tmp_path_factory):
+    """The demo detection config on the shared test data at 128 px (batches of 4, no workers), its runs those of
+    the shared detector."""
     folder = tmp_path_factory.mktemp("benchmark")
-    run_dir = folder / "run"
     section = yaml.safe_load((DEMO_CONFIGS / "ssdlite_mbv3_shapes.yaml").read_text())
-    section["trainer"].update(default_root_dir=str(run_dir), max_epochs=2)
-    section["data"].update(root=str(data / "coco"), image_size=96, batch_size=4, num_workers=0)
+    section["trainer"].update(default_root_dir=str(detector_run))
+    section["data"].update(root=str(shapes / "coco"), image_size=128, batch_size=4, num_workers=0)
     path = folder / "ssdlite_mbv3_tiny.yaml"
     path.write_text(yaml.safe_dump(section))
-    cli_main(["fit", "--config", str(path), "--trainer.enable_progress_bar", "false",
-              "--model.scheduler.init_args.warmup_steps", "2"])
     return path
 
 

@@ -6,15 +6,14 @@ from pathlib import Path
 import pytest
 from cli_runs import demo_args
 
-from tasks.data.synthetic import generate
 from tasks.detect import cli_main
 
 ROOT = Path(__file__).parents[1]
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return generate(tmp_path_factory.mktemp("shapes"), train=8, val=3, seed=4, progress=False) / "coco"
+def data(shapes):
+    return shapes / "coco"
 
 
 def _args(data, run_dir, backbone):

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.hub import config_task
+from tasks.from_config import config_task
 
 ROOT = Path(__file__).parents[1] / "configs"
 CONFIGS = sorted(ROOT.rglob("*.yaml"))

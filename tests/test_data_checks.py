@@ -13,17 +13,12 @@ from PIL import Image
 
 from tasks import detect, pose, segment
 from tasks.cli import main
-from tasks.data.synthetic import generate
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    return generate(tmp_path_factory.mktemp("shapes"), train=4, val=3, seed=2, progress=False)
 
 
 @pytest.fixture
-def data(pristine, tmp_path):
-    return shutil.copytree(pristine, tmp_path / "data")
+def data(shapes, tmp_path):
+    """A copy of the shared data set, to damage."""
+    return shutil.copytree(shapes, tmp_path / "data")
 
 
 def last_val_image(root):
@@ -97,4 +92,4 @@ def test_found_later_the_run_still_ends_with_a_checkpoint(data, tmp_path, capsys
     assert main(segment.cli_main, ["fit", *args]) == 1
     assert f"mask {mask!r} has values [9]" in error_line(capsys)
     [last] = run_dir.glob("**/checkpoints/*.ckpt")
-    assert last.name == "last.ckpt" and torch.load(last, weights_only=False)["global_step"] == 1  # 4 images, 1 step
+    assert last.name == "last.ckpt" and torch.load(last, weights_only=False)["global_step"] == 4  # 16 images, 4 steps

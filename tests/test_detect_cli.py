@@ -8,16 +8,18 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from cli_runs import check_report, demo_args, latest_version, read_metrics, threads
+from cli_runs import check_report, demo_args, latest_version, read_metrics
 from PIL import Image
 
 from tasks.benchmark.__main__ import main as benchmark
-from tasks.data.synthetic import CATEGORIES, VOC_SYNTHETIC_CLASSES, generate
+from tasks.benchmark.timing import torch_threads
+from tasks.data.synthetic import CATEGORIES, VOC_SYNTHETIC_CLASSES
+from tasks.deploy.agreement import agreement, faithful
+from tasks.deploy.export import write_onnx_metadata
+from tasks.deploy.predictor import Detector
+from tasks.deploy.quantize import conv_nodes
+from tasks.deploy.runtime import read_metadata
 from tasks.detect import DetectionTask, cli_main
-from tasks.export import agreement, faithful, write_onnx_metadata
-from tasks.predictor import Detector
-from tasks.quantize import conv_nodes
-from tasks.runtime import read_metadata
 
 CONFIG = str(Path(__file__).parents[1] / "configs" / "demo" / "ssdlite_mbv3_shapes.yaml")
 
@@ -28,17 +30,13 @@ def small(root, run_dir, *extra):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return generate(tmp_path_factory.mktemp("shapes"), train=12, val=5, seed=3, progress=False)
+def data(shapes):
+    return shapes
 
 
 @pytest.fixture(scope="module")
-def trained(data, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("run")
-    cli_main(["fit", *small(data / "coco", run_dir, "--trainer.max_epochs", "5", "--trainer.log_every_n_steps", "1",
-                            "--data.augment", "none", "--model.scheduler.init_args.warmup_steps", "3")])
-    return run_dir
-
+def trained(detector_run):
+    return detector_run
 
 
 def test_fit_lowers_the_loss_and_keeps_checkpoints(trained):
@@ -121,25 +119,6 @@ def test_wrong_backbone_name_is_a_clear_error(data, tmp_path):
         cli_main(["fit", *small(data / "coco", tmp_path, "--model.backbone.name", "mobilenet_v5")])
 
 
-@pytest.mark.parametrize("devices", [2])
-def test_ddp_metrics_equal_a_single_process(data, trained, tmp_path, devices):
-    """Two gloo processes on the CPU (5 validation images: the sampler pads one) report the same numbers."""
-    ckpt = str(latest_version(trained).parent / "version_0" / "checkpoints" / "best.ckpt")
-    single, double = tmp_path / "single", tmp_path / "double"
-    with threads(1):  # as each DDP process
-        cli_main(["test", *small(data / "coco", single, "--model.init_from", ckpt)])
-    cli_main(["test", *small(data / "coco", double, "--model.init_from", ckpt, "--data.batch_size", "2",
-                             "--trainer.strategy", "ddp_spawn", "--trainer.devices", str(devices))])
-    one = json.loads((latest_version(single) / "report" / "metrics.json").read_text())
-    two = json.loads((latest_version(double) / "report" / "metrics.json").read_text())
-    assert one["map"] > 0
-    for key in one:
-        if key != "per_class":
-            assert two[key] == pytest.approx(one[key], abs=1e-6), key
-    for name, values in one["per_class"].items():
-        assert two["per_class"][name] == pytest.approx(values, abs=1e-6), name
-
-
 def test_a_ddp_fit_trains_and_its_test_equals_a_single_process(data, tmp_path):
     """``fit`` on two gloo processes through the command line: it trains (the loss is logged, checkpoints are
     written once), and its checkpoint scores the same in one process as in two."""
@@ -152,9 +131,9 @@ def test_a_ddp_fit_trains_and_its_test_equals_a_single_process(data, tmp_path):
     rows = list(csv.DictReader(open(version / "metrics.csv")))
     assert [r["train/loss"] for r in rows if r.get("train/loss")] and [r for r in rows if r.get("val/map")]
     ckpt = str(version / "checkpoints" / "last.ckpt")
-    assert torch.load(ckpt, weights_only=False)["global_step"] == 2 * 3  # 12 images / (2 x 2) per step, 2 epochs
+    assert torch.load(ckpt, weights_only=False)["global_step"] == 2 * 4  # 16 images / (2 x 2) per step, 2 epochs
     single, double = tmp_path / "single", tmp_path / "double"
-    with threads(1):
+    with torch_threads(1):  # as each DDP process: convolutions summed by other thread counts differ in the last bits
         cli_main(["test", *small(data / "coco", single, "--ckpt_path", ckpt)])
     cli_main(["test", *small(data / "coco", double, "--ckpt_path", ckpt, "--data.batch_size", "2",
                              "--trainer.strategy", "ddp_spawn", "--trainer.devices", "2")])
@@ -212,7 +191,7 @@ def test_int8_is_smaller_and_close(data, trained, checkpoint_metrics, capsys, tm
     int8 = export(data, trained, capsys, "--int8", "true")
     assert int8.name == "model_int8.onnx" and int8.stat().st_size <= 0.4 * fp32.stat().st_size
     metadata = read_metadata(int8)
-    assert metadata["precision"] == "int8" and metadata["int8"]["calibration_images"] == 12  # the training split
+    assert metadata["precision"] == "int8" and metadata["int8"]["calibration_images"] == 16  # the training split
     cli_main(["test", *small(data / "coco", tmp_path, "--ckpt_path", str(int8))])
     assert read_metrics(tmp_path)["map_50"] == pytest.approx(checkpoint_metrics["map_50"], abs=0.05)
     assert metadata["int8"]["calibration"] == "percentile"

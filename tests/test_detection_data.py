@@ -10,7 +10,7 @@ import torch
 
 from tasks.data.detection import DetectionData, DetectionDataset, coco_detection_split, voc_detection_split
 from tasks.data.transforms import detection_transform
-from tasks.metrics import coco_detection_metrics
+from tasks.evaluation.coco import coco_detection_metrics
 
 
 def write_image(path, h=60, w=80, gray=False):
@@ -62,11 +62,12 @@ def test_coco_quirks(coco_root, caplog):
                for a in split.coco_gt["annotations"] if not a["iscrowd"]]
     metrics = coco_detection_metrics(split.coco_gt, perfect, split.class_names)
     assert metrics["map_50"] == pytest.approx(1.0) and metrics["per_class"]["cup"] == {"ap": None, "ap_50": None}
-    image, target, meta = DetectionDataset(split.records, None)[0]  # the grayscale PNG, as it is: the model resizes
-    assert image.shape == (3, 60, 80) and image.dtype == torch.uint8 and meta == {"index": 0}
+    image, target = DetectionDataset(split.records, None)[0]  # the grayscale PNG, as it is: the model resizes
+    assert image.shape == (3, 60, 80) and image.dtype == torch.uint8
+    assert target["image_id"] == split.records[0].image_id and target["file"] == split.records[0].file
     assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])
     torch.testing.assert_close(target["boxes"], torch.tensor([[70.0, 50.0, 80.0, 60.0]]))
-    image, target, _ = DetectionDataset(split.records, detection_transform("none", 32))[0]  # training: resized
+    image, target = DetectionDataset(split.records, detection_transform("none", 32))[0]  # training: resized
     assert image.shape == (3, 32, 32)
     torch.testing.assert_close(target["boxes"], torch.tensor([[28.0, 26.6667, 32.0, 32.0]]), atol=1e-3, rtol=0)
 
@@ -141,9 +142,12 @@ def test_missing_annotation_file(tmp_path):
 
 
 def test_missing_image_is_reported_before_training(coco_root):
+    """Building the data module reads the categories only; the file checks run before the stage's first step."""
     (coco_root / "train2017" / "c.jpg").unlink()
+    data = DetectionData(str(coco_root), val_split="train2017", num_workers=0)
+    assert data.class_names and not data._splits
     with pytest.raises(FileNotFoundError, match=r"1 image\(s\) of .* do not exist: .*c.jpg"):
-        DetectionData(str(coco_root), val_split="train2017", num_workers=0)
+        data.check("validate")
 
 
 def test_corrupt_image_names_the_file(coco_root):

@@ -8,7 +8,8 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from tasks.metrics import COCO_DETECTION_KEYS, coco_detection_metrics, voc_ap, voc_detection_metrics
+from tasks.evaluation.coco import COCO_DETECTION_KEYS, coco_detection_metrics
+from tasks.evaluation.voc import voc_ap, voc_detection_metrics
 
 
 def random_ground_truth(rng, images=30, category_ids=(1, 3, 7)):

@@ -12,7 +12,7 @@ import torch
 from heads.deeplabv3plus import DeepLabV3Plus
 from heads.pose import SimpleBaseline
 from heads.ssdlite import SSDLite
-from tasks.hub import model_from_config
+from tasks.from_config import model_from_config
 
 REPO = str(Path(__file__).parents[1])
 
@@ -81,12 +81,12 @@ def test_weights_load_into_the_hub_model(tmp_path):
         model_from_config("configs/no_such.yaml")
 
 
-def test_a_config_with_its_data_builds_what_the_cli_builds(tmp_path):
+def test_a_config_with_its_data_builds_what_the_cli_builds(shapes, tmp_path):
     """The data module of a config's data section, and the task with what the data links (class names, ids, size)."""
-    from tasks.data.synthetic import CATEGORIES, generate
-    from tasks.hub import data_from_config, task_from_config
+    from tasks.data.synthetic import CATEGORIES
+    from tasks.from_config import data_from_config, task_from_config
 
-    root = generate(tmp_path, train=2, val=2, seed=1, progress=False) / "coco"
+    root = shapes / "coco"
     config = Path(REPO) / "configs" / "demo" / "ssdlite_mbv3_shapes.yaml"
     data = data_from_config(config, root=str(root), image_size=96)
     assert data.image_size == 96 and data.batch_size == 8  # the config's own keys, overridden ones replaced

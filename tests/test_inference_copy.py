@@ -1,6 +1,7 @@
 """Inference copies (batch norms folded, channels-last) give the module's outputs, and the tasks use them."""
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from torch import nn
 from torchvision.models.detection import ssdlite320_mobilenet_v3_large
@@ -9,9 +10,9 @@ from backbones import Backbone, fold_batch_norms, inference_copy
 from heads.deeplabv3plus import DeepLabV3Plus
 from heads.pose import SimpleBaseline
 from heads.ssdlite import SSDLite
+from tasks.deploy.agreement import agreement, faithful
+from tasks.deploy.runtime import unbatch
 from tasks.detect import DetectionTask
-from tasks.export import agreement, faithful
-from tasks.runtime import unbatch
 
 
 def trained_statistics(network: nn.Module, images: torch.Tensor) -> nn.Module:
@@ -72,9 +73,10 @@ def test_a_hooked_layer_is_not_replaced():
 
 def test_the_task_trains_channels_last_and_evaluates_with_a_copy():
     task = DetectionTask(Backbone("mobilenet_v3_small", levels=[16, 32]), ["a", "b"], image_size=64)
+    task.trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
     task.setup("fit")
     assert task.model.backbone.body.body.features[0][0].weight.is_contiguous(memory_format=torch.channels_last)
-    task.on_validation_epoch_start()
+    task.on_predict_epoch_start()
     assert task._inference is not None and "_inference" not in dict(task.named_children())
     assert not any(k.startswith("_inference") for k in task.state_dict())  # never in a checkpoint
     images = [torch.randint(0, 256, (3, 64, 80), dtype=torch.uint8)]
@@ -86,6 +88,7 @@ def test_the_task_trains_channels_last_and_evaluates_with_a_copy():
     assert task._inference is None
     plain = DetectionTask(Backbone("mobilenet_v3_small", levels=[16, 32]), ["a", "b"], image_size=64,
                           channels_last=False)
+    plain.trainer = task.trainer
     plain.setup("fit")
     assert plain.model.backbone.body.body.features[0][0].weight.is_contiguous()
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from backbones.__main__ import main
-from backbones.pick import build, pick, pose_width, runner
+from tasks.benchmark.pick import build, pick, pose_width, runner
 
 
 @pytest.mark.parametrize("task,output,shape", [("detect", "cls_logits", (1, None, 81)),

@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from tasks.data.synthetic import generate
-
 CONFIG = str(Path(__file__).parents[1] / "configs" / "demo" / "ssdlite_mbv3_shapes.yaml")
 
 PLUGIN = '''
@@ -87,8 +85,8 @@ def installed_plugin(tmp_path):
         subprocess.run([*pip, "uninstall", "--yes", f"kestrel-test-plugin-{suffix}"], check=True, cwd=tmp_path)
 
 
-def test_an_installed_plugin_backbone_trains_through_the_command_line(installed_plugin, tmp_path):
-    data = generate(tmp_path / "shapes", train=8, val=3, seed=1, progress=False)
+def test_an_installed_plugin_backbone_trains_through_the_command_line(installed_plugin, shapes, tmp_path):
+    data = shapes
     run_dir = tmp_path / "run"
     command = [
         sys.executable, "-m", "tasks.detect", "fit", "--config", CONFIG, "--data.root", str(data / "coco"),

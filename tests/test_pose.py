@@ -24,14 +24,13 @@ from tasks.data.pose import (
     coco_pose_split,
     crop_matrix,
 )
-from tasks.data.synthetic import generate
-from tasks.metrics.keypoints import coco_keypoint_metrics, oks_nms
+from tasks.evaluation.keypoints import coco_keypoint_metrics, oks_nms
 from tasks.pose import PoseTask
 
 
 @pytest.fixture(scope="module")
-def coco_root(tmp_path_factory):
-    return generate(tmp_path_factory.mktemp("shapes"), train=6, val=12, seed=11, progress=False) / "coco"
+def coco_root(shapes):
+    return shapes / "coco"
 
 
 @pytest.mark.parametrize("blur_kernel", [11, None])
@@ -100,8 +99,8 @@ def test_a_flipped_crop_swaps_left_and_right(coco_root):
     plain = PoseDataset(split, (128, 96), None, pairs)
     flipped = PoseDataset(split, (128, 96), PoseAugment(scale=(1, 1), rotation_prob=0, shift_prob=0, flip_prob=1),
                           pairs)
-    image, keypoints, _ = plain[0]
-    image_f, keypoints_f, _ = flipped[0]
+    (image, target), (image_f, target_f) = plain[0], flipped[0]
+    keypoints, keypoints_f = target["keypoints"], target_f["keypoints"]
     assert torch.equal(image_f, image.flip(-1))
     left, right = names.index("left_wrist"), names.index("right_wrist")
     assert float(keypoints_f[left, 0]) == pytest.approx(96 - 1 - float(keypoints[right, 0]), abs=1e-3)
@@ -112,21 +111,24 @@ def test_a_flipped_crop_swaps_left_and_right(coco_root):
 
 
 def test_ground_truth_heatmaps_score_ap_1(coco_root):
-    """Codec, crop and the map back to image coordinates, end to end: perfect heatmaps give AP 1."""
-    split = coco_pose_split(coco_root, "val2017", None, train=False)
-    dataset = PoseDataset(split, (128, 96), None)
-    task = PoseTask(Backbone("mobilenet_v3_small", levels=[32]), split.keypoint_names)
-    kept = {}
+    """Codec, crop and the evaluator's map back to image coordinates, end to end and without a Trainer: perfect
+    heatmaps give AP 1, every labelled keypoint is found, and the report shows the split's people."""
+    data = PoseData(str(coco_root), image_size=(128, 96), num_workers=0)
+    data.setup("validate")
+    evaluator = data.evaluator("val", **PoseTask(Backbone("mobilenet_v3_small", levels=[32]),
+                                                 data.keypoint_names).evaluator_options())
+    dataset = data.dataset(data.split("val"), train=False)
     for index in range(len(dataset)):
-        _, keypoints, meta = dataset[index]
-        heatmaps, _ = gaussian_heatmaps(to_heatmap(keypoints[:, :2], 4), torch.ones(17), (32, 24))
+        _, target = dataset[index]
+        heatmaps, _ = gaussian_heatmaps(to_heatmap(target["keypoints"][:, :2], 4), torch.ones(17), (32, 24))
         coords, scores = decode_heatmaps(heatmaps[None])
-        points = apply_affine(meta["matrix"], from_heatmap(coords[0], 4).numpy())
-        kept[index] = (points, scores[0].numpy(), meta["score"], meta["area"])
-    results = task.results(split, kept, list(COCO_SIGMAS))
-    assert len(results) == len(split.instances) > 3
-    metrics = coco_keypoint_metrics(split.coco_gt, results, COCO_SIGMAS, split.category_id)
-    assert metrics["ap"] == pytest.approx(1.0) and metrics["ar"] == pytest.approx(1.0)
+        keypoints = torch.cat([from_heatmap(coords[0], 4), scores[0][:, None]], 1)
+        evaluator.update([{"keypoints": keypoints}], [target])
+    metrics = evaluator.compute()
+    assert len(dataset) > 3 and metrics["ap"] == pytest.approx(1.0) and metrics["ar"] == pytest.approx(1.0)
+    report = evaluator.report()
+    assert all(row["accuracy"] in (1.0, None) for row in report.table.values())
+    assert report.counts["person boxes"] == len(dataset) and len(report.samples) == 4
 
 
 def _pycocotools_stats(gt: dict, results: list[dict], sigmas) -> np.ndarray:
@@ -313,6 +315,7 @@ def test_detections_without_a_person_are_an_error_naming_the_ids(coco_root, tmp_
     det_file = tmp_path / "detections.json"
     det_file.write_text(json.dumps([{"image_id": gt["images"][0]["id"], "category_id": 3, "bbox": [1, 2, 30, 40],
                                      "score": 0.9}]))
+    data = PoseData(str(coco_root), det_file=str(det_file))
     with pytest.raises(ValueError, match=r"no person boxes to use; .*detections.json has category ids \[3\], the "
                                          r"keypoint category is 1"):
-        PoseData(str(coco_root), det_file=str(det_file))
+        data.setup("validate")

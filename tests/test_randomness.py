@@ -33,12 +33,10 @@ def test_workers_of_two_ranks_draw_differently_and_reproducibly(monkeypatch):
     assert (rank0 != rank1).all(), (rank0, rank1)  # every source: torch, random, numpy
 
 
-def test_without_workers_a_second_rank_draws_differently(tmp_path, monkeypatch):
+def test_without_workers_a_second_rank_draws_differently(shapes, monkeypatch):
     """num_workers 0: the process itself augments; every rank but the first reseeds its generators by rank."""
     from tasks.data.detection import DetectionData
-    from tasks.data.synthetic import generate
-
-    root = generate(tmp_path / "shapes", train=4, val=2, seed=3, progress=False) / "coco"
+    root = shapes / "coco"
 
     def first_batch():
         torch.manual_seed(0)  # as seed_everything does on every rank

@@ -1,11 +1,13 @@
-"""Report writing and ``python -m tasks.report compare``."""
+"""Report writing and ``python -m tasks.reporting compare``."""
 
 import json
 
 import pytest
 
-from tasks import plots
-from tasks.report import compare, find_metrics, main, write_report
+from tasks.reporting import plots
+from tasks.reporting.__main__ import main
+from tasks.reporting.compare import compare, find_metrics
+from tasks.reporting.report import write_report
 
 RUN = {"task": "test", "backbone": "x", "parameters (M)": "1.00", "GFLOPs (one forward)": "0.10",
        "checkpoint sha256": "-", "Kestrel": "0.1.0", "evaluation wall time (s)": "0.1"}

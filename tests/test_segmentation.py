@@ -13,15 +13,15 @@ from sweep import backbones
 
 from backbones import Backbone, build_backbone
 from heads.deeplabv3plus import DeepLabV3Plus
+from tasks.data.masks import read_mask
 from tasks.data.segmentation import (
     SegmentationData,
     SegmentationDataset,
     coco_segmentation_split,
-    read_mask,
     segmentation_transform,
 )
 from tasks.data.voc import VOC_PALETTE
-from tasks.metrics import confusion_matrix, segmentation_metrics
+from tasks.evaluation import SegmentationEvaluator
 
 
 @pytest.mark.parametrize("output_stride", [16, 8])
@@ -138,22 +138,28 @@ def numpy_reference(pred, target, num_labels):
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_metric_equals_a_numpy_reference(seed):
+def test_evaluator_equals_a_numpy_reference(seed):
+    """The evaluator, fed batch by batch as ``test`` feeds it, gives the IoUs of boolean masks over every pixel."""
     rng = np.random.default_rng(seed)
     labels = 6
-    target = rng.integers(0, labels - 1, (3, 37, 53))  # the last class never appears in the ground truth
+    target = rng.integers(0, labels - 1, (5, 37, 53))  # the last class never appears in the ground truth
     target[rng.random(target.shape) < 0.1] = 255
     pred = np.where(rng.random(target.shape) < 0.6, target, rng.integers(0, labels - 2, target.shape))
     pred[pred == 255] = 0
-    confusion = sum(confusion_matrix(torch.as_tensor(p), torch.as_tensor(t), labels).numpy()
-                    for p, t in zip(pred, target))
-    metrics = segmentation_metrics(confusion, [f"c{i}" for i in range(labels)])
+    evaluator = SegmentationEvaluator([f"c{i}" for i in range(1, labels)], "random masks")
+    for batch in (range(0, 2), range(2, 5)):
+        evaluator.update([{"labels": torch.as_tensor(pred[i])} for i in batch],
+                         [{"mask": torch.as_tensor(target[i]), "image_id": i, "file": f"{i}.png"} for i in batch])
+    metrics = evaluator.compute()
     iou, accuracy = numpy_reference(pred, target, labels)
     assert metrics["per_class_iou"]["c5"] is None  # in neither prediction nor ground truth
     for i in range(labels - 1):
-        assert metrics["per_class_iou"][f"c{i}"] == pytest.approx(iou[i])
-    assert metrics["miou"] == pytest.approx(np.nanmean(iou))
-    assert metrics["pixel_accuracy"] == pytest.approx(accuracy)
+        assert metrics["per_class_iou"][["background", "c1", "c2", "c3", "c4"][i]] == pytest.approx(iou[i], abs=1e-12)
+    assert metrics["miou"] == pytest.approx(np.nanmean(iou), abs=1e-12)
+    assert metrics["pixel_accuracy"] == pytest.approx(accuracy, abs=1e-12)
+    report = evaluator.report()
+    assert report.counts == {"images": 5} and len(report.samples) == 4
+    assert report.confusion.sum() == (target != 255).sum()
 
 
 # ----------------------------------------------------------------------------- data
@@ -181,9 +187,11 @@ def voc_root(tmp_path):
 def test_voc_palette_masks_read_as_indices(voc_root):
     data = SegmentationData(str(voc_root), classes=["cat", "dog"], image_size=32, num_workers=0)
     split = data.split("val")
-    image, mask, meta = SegmentationDataset(split, None)[0]
+    image, target = SegmentationDataset(split, None)[0]
+    mask = target["mask"]
     assert image.shape == (3, 40, 60) and image.dtype == torch.uint8  # the model fits it to its input itself
-    assert mask.shape == (40, 60) and meta == {"index": 0}  # evaluation keeps the original size
+    assert mask.shape == (40, 60) and target["image_id"] == "a"  # evaluation keeps the original size
+    assert target["file"] == voc_root / "JPEGImages" / "a.jpg"
     assert set(mask.unique().tolist()) == {0, 2, 255}
     assert data.label_names == ["background", "cat", "dog"]
 
@@ -191,7 +199,7 @@ def test_voc_palette_masks_read_as_indices(voc_root):
 def test_training_crops_pad_the_mask_with_void(voc_root):
     split = SegmentationData(str(voc_root), classes=["cat", "dog"], num_workers=0).split("val")
     dataset = SegmentationDataset(split, segmentation_transform(96, scale_range=(1.0, 1.0)))
-    _, mask, _ = dataset[0]
+    mask = dataset[0][1]["mask"]
     assert mask.shape == (96, 96)
     assert (mask == 255).sum() >= 96 * 96 - 40 * 60  # the padding is void
     assert (mask == 2).sum() == 200
@@ -201,7 +209,8 @@ def test_training_crops_have_their_own_size(voc_root):
     """``crop_size`` sets the training crops; ``image_size`` stays the square evaluation fits images into."""
     data = SegmentationData(str(voc_root), classes=["cat", "dog"], image_size=64, crop_size=32,
                             scale_range=(1.0, 1.0), num_workers=0)
-    image, mask, _ = data.dataset(data.split("val"), train=True)[0]
+    image, target = data.dataset(data.split("val"), train=True)[0]
+    mask = target["mask"]
     assert image.shape == (3, 32, 32) and mask.shape == (32, 32) and data.image_size == 64
     assert SegmentationData(str(voc_root), classes=["cat", "dog"], image_size=48, num_workers=0).crop_size == 48
 
@@ -213,7 +222,7 @@ def test_bad_masks_name_the_file(voc_root):
         read_mask(path, 3)
     write_palette(path, np.zeros((41, 60)))
     with pytest.raises(ValueError, match=r"a.png' is 60x41 pixels, its image .*a.jpg' 60x40"):  # before training
-        SegmentationData(str(voc_root), classes=["cat", "dog"], num_workers=0).split("val")
+        SegmentationData(str(voc_root), classes=["cat", "dog"], num_workers=0).check("validate")
     split = SegmentationData(str(voc_root), classes=["cat", "dog"], num_workers=0, check_files=False).split("val")
     with pytest.raises(ValueError, match=r"mask of .*a.jpg' is 60x41, the image 60x40"):  # or when it is read
         SegmentationDataset(split, None)[0]

@@ -9,9 +9,9 @@ from torchvision.models.detection import ssdlite320_mobilenet_v3_large
 
 from backbones import Backbone, build_backbone
 from heads.ssdlite import SSDLite
+from tasks.deploy.agreement import agreement, faithful
+from tasks.deploy.runtime import unbatch
 from tasks.detect import DetectionTask
-from tasks.export import agreement, faithful
-from tasks.runtime import unbatch
 
 TORCHVISION_LAYOUT = {"name": "mobilenet_v3_large", "levels": [16, 32], "feature_location": "expansion",
                       "options": {"reduced_tail": True}}
@@ -54,7 +54,7 @@ def test_torchvision_weights_through_init_from_give_torchvision_detections(tmp_p
     torch.save(reference.state_dict(), path)
     head = partial(SSDLite, image_mean=[0.5] * 3, image_std=[0.5] * 3)
     task = DetectionTask(Backbone(**TORCHVISION_LAYOUT), [f"c{i}" for i in range(6)], head=head, init_from=str(path))
-    task.setup("test")
+    task.initialize()
     model = task.model.eval()
     with torch.no_grad():
         expected = reference([image.float() / 255 for image in images])  # torchvision takes floats in [0, 1]
@@ -105,7 +105,7 @@ def test_init_from_rejects_weights_that_do_not_fit(tmp_path):
     torch.save(other.state_dict(), path)
     task = DetectionTask(Backbone("mobilenet_v2", levels=[16, 32]), ["a", "b"], init_from=str(path))
     with pytest.raises(ValueError, match=r"other.pth' do not fit SSDLite: .*shape mismatches"):
-        task.setup("fit")
+        task.initialize()
 
 
 @pytest.mark.parametrize("name", backbones("timm:mobilenetv4_conv_small"))

@@ -10,12 +10,11 @@ from cli_runs import demo_args, latest_version
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tasks import plots
 from tasks.cli import FitTimer
-from tasks.data.synthetic import generate
 from tasks.detect import cli_main
-from tasks.drawing import add_legend, colour, draw_boxes, draw_labels, draw_poses, save_image
-from tasks.report import duration
+from tasks.reporting import plots
+from tasks.reporting.drawing import add_legend, colour, draw_boxes, draw_labels, draw_poses, save_image
+from tasks.reporting.runs import duration
 
 
 def default_logs(root, run_dir, *extra):
@@ -27,8 +26,8 @@ def default_logs(root, run_dir, *extra):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return generate(tmp_path_factory.mktemp("shapes"), train=8, val=3, seed=5, progress=False)
+def data(shapes):
+    return shapes
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +86,7 @@ def test_learning_curves_follow_a_resumed_fit(data, run, monkeypatch, capsys):
             if r.get("time/fit_s")]
     assert then[-1] > first[-1]  # epoch 3's end, counted from the start of epoch 1
     [line] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Fit: ")]
-    assert line.startswith("Fit: 3 epochs, 6 steps in ") and line.endswith(" of it)")  # 8 images, batch 4
+    assert line.startswith("Fit: 3 epochs, 12 steps in ") and line.endswith(" of it)")  # 16 images, batch 4
     cli_main(["test", *default_logs(data / "coco", run, "--ckpt_path", "last")])
     resumed = latest_version(run).parent / "version_2"
     assert drawn == [[run / "lightning_logs" / "version_0" / "metrics.csv", resumed / "metrics.csv"]]

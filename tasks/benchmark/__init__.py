@@ -7,12 +7,15 @@ detection torchvision's own pipeline on the same weights — beside torchvision'
 all timed in one run with the models taking turns: parameters, GFLOPs, file size, batch-1 latency
 and batch-8 throughput (median and spread), each form's ratio to torchvision's, how closely each
 form's outputs follow eager PyTorch's, and with a checkpoint and the config's data, each form's
-accuracy by the task's own ``test``. Writes ``benchmark.md``, ``benchmark.json`` and ``pareto.png``
-and prints the machine (CPU, its int8 instructions, threads, library versions, date) with the table.
+accuracy by the task's own evaluator (the numbers ``test`` gives). Writes ``benchmark.md``,
+``benchmark.json`` and ``pareto.png`` and prints the machine (CPU, its int8 instructions, threads,
+library versions, date) with the table.
 
 ``--grid``: SSDLite on MobileNetV2 and V3 over width multiplier x input resolution (``grid``).
 ``training``: loader, bare torchvision loop and ``fit`` images per second (``training``).
 ``runtimes CKPT FILES...``: one checkpoint beside its exported files.
+``quantization``: fp32 against INT8 accuracy per backbone.
+``pick``: the backbones that fit a latency budget with a task's head (also ``python -m backbones pick``).
 """
 
 from .grid import grid

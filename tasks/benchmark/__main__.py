@@ -1,4 +1,4 @@
-"""``python -m tasks.benchmark [--grid | training | runtimes]``; see ``tasks.benchmark``."""
+"""``python -m tasks.benchmark [--grid | training | runtimes | quantization | pick]``; see ``tasks.benchmark``."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def _main_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tasks.benchmark", description=overview.split("\n\n")[0],
         epilog="Subcommands: `python -m tasks.benchmark training --help`, `... runtimes --help`, "
-        "`... quantization --help`.")
+        "`... quantization --help`, `... pick --help`.")
     parser.add_argument("configs", nargs="*", help="task configs (paths or names in configs/); default: the three "
                         "demo configs and the COCO configs")
     parser.add_argument("--ckpt_path", default="best", help="best / last (the newest under each config's "
@@ -101,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["runtimes"]:
         _runtimes(argv[1:])
         return 0
+    if argv[:1] == ["pick"]:
+        from .pick import main as pick
+
+        return pick(argv[1:], prog="python -m tasks.benchmark pick")
     parser = _main_parser()
     args = parser.parse_args(argv)
     if any(b < 1 for b in args.batch) or args.repeats < 1:

@@ -3,7 +3,7 @@
 and one plot.
 
 Every cell is SSDLite with 80 classes (the COCO configs' head) on the backbone at that width and
-input size, timed from uint8 image to the head's outputs as ``python -m backbones pick`` times it
+input size, timed from uint8 image to the head's outputs as the backbone picker (``python -m backbones pick``) times it
 (box decoding and NMS left out: on untrained weights their cost says nothing about a trained
 detector's, and it does not depend on the backbone), at batch 1 and 8, in eager PyTorch (as Kestrel
 runs it for inference) or ONNX Runtime, every cell taking turns with the others
@@ -18,29 +18,25 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import torch
+from matplotlib.figure import Figure
+from matplotlib.ticker import ScalarFormatter
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.ticker import ScalarFormatter  # noqa: E402
-
-from backbones.pick import build, runner  # noqa: E402
-
-from .machine import describe_machine, machine_line  # noqa: E402
-from .report import write_json  # noqa: E402
-from .subjects import count_gflops  # noqa: E402
-from .timing import interleaved, summary  # noqa: E402
+from .machine import describe_machine, machine_line
+from .pick import build, runner
+from .report import write_json
+from .subjects import count_gflops
+from .timing import interleaved, summary, with_threads
 
 WIDTHS = {"mobilenet_v2": (0.35, 0.5, 0.75, 1.0, 1.4), "mobilenet_v3_large": (0.5, 0.75, 1.0, 1.25)}
 SIZES = (128, 192, 256, 320)
 
 
+@with_threads
 def grid(widths: dict[str, Sequence[float]] = WIDTHS, sizes: Sequence[int] = SIZES, runtime: str = "onnx",
          batches: Sequence[int] = (1, 8), repeats: int = 10, threads: int = 2, out: str | Path = "runs/benchmark",
          say: Callable[[str], None] = print) -> dict[str, Any]:
     """Measure every (backbone, width, size); write ``grid.md``, ``grid.json`` and ``grid.png`` into ``out``."""
-    torch.set_num_threads(threads)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     machine = describe_machine(threads)
@@ -95,7 +91,8 @@ def _markdown(result: dict[str, Any]) -> str:
 
 def _plot(path: Path, rows: list[dict], batch: int) -> None:
     """Latency against GFLOPs, one line per (backbone, width) through its input sizes."""
-    figure, axis = plt.subplots(figsize=(8, 5.5))
+    figure = Figure(figsize=(8, 5.5))
+    axis = figure.subplots()
     lines: dict[tuple[str, float], list[dict]] = {}
     for row in rows:
         lines.setdefault((row["backbone"], row["width"]), []).append(row)
@@ -103,7 +100,7 @@ def _plot(path: Path, rows: list[dict], batch: int) -> None:
     for i, ((backbone, width), cells) in enumerate(lines.items()):
         cells = sorted(cells, key=lambda r: r["size"])
         axis.plot([c["gflops"] for c in cells], [c["ms"][str(batch)] for c in cells], styles.get(backbone, ":"),
-                  marker="o", color=plt.get_cmap("tab10")(i % 10), label=f"{backbone} x{width:g}")
+                  marker="o", color=matplotlib.colormaps["tab10"](i % 10), label=f"{backbone} x{width:g}")
         for c in cells:
             axis.annotate(str(c["size"]), (c["gflops"], c["ms"][str(batch)]), fontsize=7,
                           textcoords="offset points", xytext=(3, 3))
@@ -120,4 +117,3 @@ def _plot(path: Path, rows: list[dict], batch: int) -> None:
     axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
-    plt.close(figure)

@@ -4,8 +4,8 @@ Depthwise-separable networks are known to lose accuracy under post-training INT8
 depthwise filters have per-channel ranges far apart; MobileNetV1 worst). For each backbone asked for,
 this trains the demo detector's recipe with that backbone on the same data and budget (the config's
 epochs), exports it to INT8 ONNX with the export's defaults, and scores the checkpoint and the INT8
-file with ``test``. Every step is a command a user can rerun: each backbone's config is written beside
-its run (``OUT/<backbone>/config.yaml``), then
+file with the task's evaluator (the numbers ``test`` gives). Every step is a command a user can rerun:
+each backbone's config is written beside its run (``OUT/<backbone>/config.yaml``), then
 
     python -m tasks.detect fit --config OUT/<backbone>/config.yaml
     python -m tasks.detect export --config OUT/<backbone>/config.yaml --ckpt_path best --int8 true
@@ -25,7 +25,13 @@ from typing import Any
 
 import yaml
 
-from .accuracy import test_metrics
+from backbones import inference_copy
+
+from ..data.detection import DetectionData
+from ..deploy.runtime import ExportedModel
+from ..detect import DetectionTask
+from ..from_config import data_from_config
+from .accuracy import score
 from .machine import describe_machine, machine_line
 
 DEFAULT_BACKBONES = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_lite0")
@@ -84,8 +90,10 @@ def measure(backbone: str, base: dict[str, Any], out: Path, epochs: int | None) 
     int8 = ckpt.parent.parent / "export" / "model_int8.onnx"
     _run(["export", "--config", str(config_path), "--ckpt_path", str(ckpt), "--int8", "true", "--output", str(int8)],
          log)
-    fp32_metrics, _ = test_metrics("detect", config_path, ckpt, root / "test_fp32")
-    int8_metrics, _ = test_metrics("detect", config_path, int8, root / "test_int8")
+    data: DetectionData = data_from_config(config_path)
+    task = DetectionTask.load_from_checkpoint(ckpt, map_location="cpu")
+    fp32_metrics = score(inference_copy(task.model.eval()), data, task.evaluator_options())
+    int8_metrics = score(ExportedModel(int8), data, task.evaluator_options())
     return {"backbone": backbone, "fit_s": fit_s, "checkpoint": str(ckpt), "int8_file": str(int8),
             "int8_mb": int8.stat().st_size / 1e6, "fp32": fp32_metrics, "int8": int8_metrics}
 
@@ -114,7 +122,8 @@ def quantization(config: Path, backbones: list[str], out: Path, epochs: int | No
         print(table(rows[-1:]).splitlines()[-1], flush=True)
     text = (f"# INT8 cost per backbone\n\nMachine: {machine_line(machine)}\n\nThe recipe of {config} "
             f"(epochs: {epochs or base['trainer'].get('max_epochs')}) with each backbone; INT8: the export's "
-            f"defaults (ONNX Runtime static QDQ, per-channel weights, percentile ranges); both scored by `test`.\n\n"
+            f"defaults (ONNX Runtime static QDQ, per-channel weights, percentile ranges); both scored by the "
+            f"task's evaluator, as `test` scores them.\n\n"
             + table(rows) + "\n")
     (out / "quantization.md").write_text(text)
     (out / "quantization.json").write_text(json.dumps({"machine": machine, "config": str(config), "rows": rows},

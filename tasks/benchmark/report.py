@@ -8,16 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+from matplotlib.figure import Figure
+from matplotlib.ticker import ScalarFormatter
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import ScalarFormatter  # noqa: E402
-
-from .accuracy import MAIN_METRICS  # noqa: E402
-from .machine import machine_line  # noqa: E402
-from .subjects import RUNTIME_NAMES  # noqa: E402
-from .timing import milliseconds  # noqa: E402
+from .accuracy import MAIN_METRICS
+from .machine import machine_line
+from .subjects import RUNTIME_NAMES
+from .timing import milliseconds
 
 TASK_NAMES = {"detect": "detection", "segment": "segmentation", "pose": "pose"}
 
@@ -83,7 +80,8 @@ def pareto_plot(path: Path, rows: list[dict]) -> bool:
     tasks = [t for t in TASK_NAMES if any(r["task"] == t and "1" in r["ms"] for r in rows)]
     if not tasks:
         return False
-    figure, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 5), squeeze=False)
+    figure = Figure(figsize=(6.5 * len(tasks), 5))
+    axes = figure.subplots(1, len(tasks), squeeze=False)
     markers = dict(zip(RUNTIME_NAMES, "os^vDP"))
     for axis, task in zip(axes[0], tasks):
         timed = [r for r in rows if r["task"] == task and "1" in r["ms"]]
@@ -92,7 +90,7 @@ def pareto_plot(path: Path, rows: list[dict]) -> bool:
         use_accuracy = bool(scored)
         points = scored if use_accuracy else timed
         models = sorted({r["model"] for r in points})
-        colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
+        colours = {m: matplotlib.colormaps["tab10"](i % 10) for i, m in enumerate(models)}
         for row in points:
             x = row["ms"]["1"]["median"]
             y = row["accuracy"][metric] if use_accuracy else row["gflops"]
@@ -121,5 +119,4 @@ def pareto_plot(path: Path, rows: list[dict]) -> bool:
         axis.legend(fontsize=7, loc="best")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
-    plt.close(figure)
     return True

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from ..cli import find_checkpoint
-from ..export import split_images
-from ..hub import CONFIGS, config_path, config_task, data_from_config, read_config, task_class, task_from_config
-from ..runtime import unbatch
-from .accuracy import MAIN_METRICS, agreement_text, compare, test_metrics
+from ..deploy.export import split_images
+from ..deploy.runtime import unbatch
+from ..from_config import CONFIGS, config_path, config_task, data_from_config, read_config, task_class, task_from_config
+from .accuracy import MAIN_METRICS, agreement_text, compare, score
 from .machine import describe_machine, machine_line
 from .report import pareto_plot, table, write_json, write_markdown
 from .subjects import (
@@ -26,7 +26,7 @@ from .subjects import (
     reference_subject,
     torchvision_weights,
 )
-from .timing import interleaved, summary
+from .timing import interleaved, summary, with_threads
 
 DEMO_CONFIGS = [CONFIGS / "demo" / f"{name}.yaml" for name in
                 ("ssdlite_mbv3_shapes", "ssdlite320_mbv3_shapes", "deeplabv3plus_mbv2_shapes", "pose_mbv2_shapes")]
@@ -123,6 +123,7 @@ def _time_group(subjects: list[Subject], inputs: dict[str, dict[int, torch.Tenso
     return result
 
 
+@with_threads
 def run(configs: Sequence[str | Path] = DEFAULT_CONFIGS, ckpt_path: str | None = "best",
         runtimes: Sequence[str] = RUNTIMES, references: bool = True, batches: Sequence[int] = (1, 8),
         repeats: int = 10, threads: int = 2, input_hw: tuple[int, int] = (480, 640),
@@ -142,7 +143,8 @@ def run(configs: Sequence[str | Path] = DEFAULT_CONFIGS, ckpt_path: str | None =
         threads: Threads of PyTorch, ONNX Runtime and OpenVINO.
         input_hw: The images' size (detection and segmentation; pose takes crops at its input size).
         calibration_images: INT8 calibration images (training images when the config's data is there).
-        accuracy: Score each form of a trained network with the task's ``test`` (needs the data).
+        accuracy: Score each form of a trained network with the task's evaluator, as ``test`` does (needs the
+            data).
         out: The output folder.
         say: Where progress goes.
     """
@@ -152,7 +154,6 @@ def run(configs: Sequence[str | Path] = DEFAULT_CONFIGS, ckpt_path: str | None =
     configs = [config_path(c) for c in configs]
     if ckpt_path not in (None, "best", "last") and len(configs) != 1:
         raise ValueError("--ckpt_path PATH names one checkpoint: give exactly one config (or use best / last)")
-    torch.set_num_threads(threads)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runtimes = available_runtimes(list(runtimes))
@@ -226,11 +227,9 @@ def run(configs: Sequence[str | Path] = DEFAULT_CONFIGS, ckpt_path: str | None =
         if accuracy and data is not None and subject.checkpoint is not None:
             for runtime, form in subject.forms.items():
                 if runtime == "torchvision":
-                    continue  # torchvision's pipeline is not a file `test` runs; its agreement says
-                say(f"scoring {subject.name} ({runtime}) with `test`")
-                metrics, _ = test_metrics(subject.task, subject.config, form.file or subject.checkpoint,
-                                          out / "eval" / subject.name / runtime)
-                scores[runtime] = metrics
+                    continue  # torchvision's pipeline takes float images; its agreement with eager says
+                say(f"scoring {subject.name} ({runtime}) with its evaluator")
+                scores[runtime] = score(form.call, data, subject.evaluation)
         # a reference holding a Kestrel detector's weights is compared with that detector's eager outputs
         eager = outputs[subject.same_as or subject.name].get("eager")
         for runtime, form in subject.forms.items():

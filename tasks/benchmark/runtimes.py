@@ -11,12 +11,13 @@ import torch
 
 from backbones import inference_copy
 
-from ..hub import task_class
-from ..runtime import ExportedModel, file_size_mb, is_exported
+from ..deploy.runtime import ExportedModel, file_size_mb, is_exported
+from ..from_config import task_class
 from .machine import describe_machine, machine_line
-from .timing import interleaved, milliseconds, summary
+from .timing import interleaved, milliseconds, summary, with_threads
 
 
+@with_threads
 def runtimes(checkpoint: str | Path, files: Sequence[str | Path], size: tuple[int, int] = (480, 640),
              batches: Sequence[int] = (1, 8), threads: int = 2, repeats: int = 20,
              say: Callable[[str], None] = print) -> dict[str, dict[int, dict[str, float]]]:
@@ -24,7 +25,6 @@ def runtimes(checkpoint: str | Path, files: Sequence[str | Path], size: tuple[in
     files = [Path(f) for f in files]
     if not files or any(not is_exported(f) for f in files):
         raise ValueError("runtimes compares a checkpoint with exported .onnx / .xml files")
-    torch.set_num_threads(threads)
     exported = {f.name: ExportedModel(f, threads=threads, spinning=False) for f in files}
     metadata = next(iter(exported.values())).metadata
     task = task_class(metadata["task"]).load_from_checkpoint(checkpoint, map_location="cpu")

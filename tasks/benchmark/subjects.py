@@ -42,9 +42,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from backbones import inference_copy
 
-from ..export import export_onnx, onnx_to_openvino, write_onnx_metadata
-from ..quantize import DEFAULT_KEEP_FLOAT, quantize_int8
-from ..runtime import ExportedModel, file_size_mb
+from ..deploy.export import export_onnx, onnx_to_openvino, write_onnx_metadata
+from ..deploy.quantize import DEFAULT_KEEP_FLOAT, quantize_int8
+from ..deploy.runtime import ExportedModel, file_size_mb
+from ..provenance import backbone_name
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ class Subject:
     same_as: str | None = None  # a reference holding that Kestrel subject's weights
     config: Path | None = None
     checkpoint: Path | None = None
+    evaluation: dict[str, Any] = field(default_factory=dict)  # the task's evaluator options
     forms: dict[str, Form] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -119,7 +121,7 @@ def export_forms(subject: Subject, network: nn.Module, metadata: dict[str, Any],
                  example: torch.Tensor | None = None, prepare: Callable[[torch.Tensor], Any] | None = None) -> None:
     """Export ``network`` for the exported ``runtimes`` into ``folder`` and add their forms to ``subject``.
 
-    INT8 is ONNX Runtime's static QDQ quantization with the export's defaults (``tasks.quantize``),
+    INT8 is ONNX Runtime's static QDQ quantization with the export's defaults (``tasks.deploy.quantize``),
     calibrated on ``calibration`` images; the OpenVINO files are the ONNX ones read by OpenVINO.
     ``example`` is the input to trace with (a fixed size; default: the export's, sizes dynamic) and
     ``prepare`` what the forms do to a batch first, untimed.
@@ -152,14 +154,12 @@ def kestrel_subject(name: str, task: Any, runtimes: list[str], input_hw: tuple[i
                     calibration: list[np.ndarray], threads: int, config: Path | None = None,
                     checkpoint: Path | None = None) -> Subject:
     """A Kestrel task's network in ``runtimes`` (exported into ``folder``)."""
-    from .._base import backbone_name
-
     network = task.model.cpu().eval()
     example = torch.zeros(1, 3, *input_hw, dtype=torch.uint8)
     subject = Subject(name, task.task, backbone_name(network), type(network).__name__,
                       (task.image_size, task.image_size) if task.task != "pose" else tuple(task.image_size),
                       sum(p.numel() for p in network.parameters()) / 1e6, count_gflops(network, example),
-                      network=network, config=config, checkpoint=checkpoint)
+                      network=network, config=config, checkpoint=checkpoint, evaluation=task.evaluator_options())
     if "eager" in runtimes:
         subject.forms["eager"] = Form("eager", inference_copy(network), size_mb=state_size_mb(network))
     if "torchvision" in runtimes and task.task == "detect":

@@ -9,9 +9,12 @@ all (``tasks.runtime.ExportedModel(..., spinning=False)``).
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -56,3 +59,27 @@ def summary(samples: list[float]) -> dict[str, float]:
 def milliseconds(stats: dict[str, float]) -> str:
     """``12.3 (11.9-12.8)``."""
     return f"{stats['median']:.1f} ({stats['p25']:.1f}-{stats['p75']:.1f})"
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """PyTorch's intra-op threads set to ``count`` for a measurement, and given back after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def with_threads(function: Callable) -> Callable:
+    """``function`` (whose ``threads`` argument says how many) run with that many PyTorch threads, and the
+    caller's count given back after it."""
+    @functools.wraps(function)
+    def measured(*args, **kwargs):
+        bound = inspect.signature(function).bind(*args, **kwargs)
+        bound.apply_defaults()
+        with torch_threads(bound.arguments["threads"]):
+            return function(*args, **kwargs)
+
+    return measured

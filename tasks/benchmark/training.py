@@ -22,7 +22,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from ..hub import _task_module, config_task, data_from_config, task_from_config
+from ..from_config import config_task, data_from_config, task_from_config, task_module
 
 
 class StepTimer(pl.Callback):
@@ -58,7 +58,7 @@ def loader_rate(data: Any, batches: int) -> float:
     start, seen, delivered = None, 0, 0
     while delivered <= batches:
         iterator = iter(loader)
-        for images, _, _ in iterator:
+        for images, _ in iterator:
             if start is None:  # workers started, first batch decoded
                 start = time.perf_counter()
             else:
@@ -98,7 +98,7 @@ def bare_loop_rate(network: torch.nn.Module, batches: list[tuple], steps: int, w
 
 def fit_rate(config: Path, steps: int, warmup: int, root: Path, channels_last: bool = True) -> float:
     """Images per second of ``python -m tasks.<task> fit`` on ``config`` (no validation), run in this process."""
-    cli = _task_module(config_task(config)).cli_main([
+    cli = task_module(config_task(config)).cli_main([
         "fit", "--config", str(config), f"--trainer.max_steps={warmup + steps}", "--trainer.limit_val_batches=0",
         "--trainer.num_sanity_val_steps=0", "--trainer.enable_progress_bar=false",
         f"--trainer.default_root_dir={root}", "--trainer.logger.class_path=pytorch_lightning.loggers.CSVLogger",
@@ -121,8 +121,8 @@ def training(config: Path, steps: int, warmup: int, root: Path, say=print) -> di
     if task == "detect":
         data.num_workers = 0
         preloaded = []
-        for images, targets, _ in data.train_dataloader():
-            preloaded.append((images, targets))
+        for images, targets in data.train_dataloader():  # torchvision's targets: boxes and labels
+            preloaded.append((images, [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]))
             if len(preloaded) == 8:
                 break
         for channels_last in (False, True):

@@ -1,4 +1,5 @@
-"""What every Kestrel data module shares: split names, parsed splits cached by stage, checks, loaders."""
+"""What every Kestrel data module shares: split names, parsed splits cached by stage, file checks, loaders, and
+the evaluator of a split."""
 
 from __future__ import annotations
 
@@ -11,11 +12,15 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 from tqdm import tqdm
 
+from ..evaluation import Evaluator
 from .images import check_files_exist, check_image_header, list_images
+from .masks import read_mask
 
+# The splits each Trainer stage (``trainer.state.fn``) reads.
 STAGES = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
 DEFAULT_SPLITS = {"coco": ("train2017", "val2017"), "voc": ("train", "val")}
 
@@ -67,8 +72,6 @@ def check_split(split: Any, what: str) -> None:
     """One pass over a split's image headers (empty, undecodable, another size than annotated) and its
     masks (decoded: palette or greyscale, class indices in range, the image's size), with a progress bar,
     so that a bad file fails the run before training starts. Raises ``ValueError`` naming the bad files."""
-    from .segmentation import read_mask  # (segmentation imports this module)
-
     records = getattr(split, "records", None) or getattr(split, "images", None) or []
     problems = []
     for record in tqdm(records, desc=f"checking {what}", unit="image", disable=None, leave=False):
@@ -90,22 +93,32 @@ def check_split(split: Any, what: str) -> None:
 
 def collate(batch: Sequence[tuple]) -> tuple:
     """Images stacked into one uint8 batch when they share a size (training crops), else a list (images
-    at their own sizes, for evaluation); targets and meta as lists."""
-    images, targets, meta = zip(*batch)
+    at their own sizes, for evaluation); targets (a dict per image) as a list."""
+    images, targets = zip(*batch)
     if all(image.shape == images[0].shape for image in images):
         images = torch.stack(images)
     else:
         images = list(images)
-    return images, list(targets), list(meta)
+    return images, list(targets)
 
 
 class KestrelDataModule(pl.LightningDataModule):
     """Base of the data modules: subclasses parse a named split (:meth:`load_split`), a folder of images
-    to predict on (:meth:`folder_split`), and wrap a split in a dataset (:meth:`dataset`).
+    to predict on (:meth:`folder_split`), wrap a split in a dataset (:meth:`dataset`) and build the
+    evaluator of a split (:meth:`evaluator`).
 
     ``train`` reads ``train_split``, ``val`` ``val_split``, ``test`` and ``predict`` ``test_split``
     (``val_split`` unless given), ``predict`` with ``predict_dir`` that folder. Every split must mean
-    the same by its labels (its ``vocabulary``), and its images must exist, before any training starts.
+    the same by its labels (its ``vocabulary``). Building a data module reads at most what the model is
+    told of the data (class or keypoint names, from the validation split's annotation file); the splits
+    are parsed in :meth:`setup`, and :meth:`prepare_data` (once, before setup) checks every file the
+    stage reads, so that a missing or bad file fails the run before training starts.
+
+    Items are ``(image uint8 (3, H, W), target)``; a target is a dict that holds the labels and what
+    evaluation and prediction need to map outputs back: ``image_id`` (the data set's own id), ``file``
+    and, for pose crops, their geometry. In a distributed run the evaluation and prediction loaders give
+    each process its share of the images without repeating any (Lightning's
+    ``UnrepeatedDistributedSampler``), so the evaluators' gathered numbers equal one process's.
 
     Args:
         format: ``"coco"`` or ``"voc"``: the split names default to COCO's ``train2017`` / ``val2017``
@@ -164,25 +177,46 @@ class KestrelDataModule(pl.LightningDataModule):
                         f"{split.description} labels {split.vocabulary}, another split of this data "
                         f"{self._vocabulary}: every split must name the same classes (or keypoints)"
                     )
+            self._splits[stage] = split
+        return self._splits[stage]
+
+    def check(self, stage: str) -> None:
+        """Check the files of the splits a Trainer stage (``fit``, ``validate``, ``test``, ``predict``) reads: that
+        every image exists and, with ``check_files``, that every image header and mask is sound. Raises
+        ``FileNotFoundError`` / ``ValueError`` naming the bad files."""
+        for name in STAGES[stage]:
+            split = self.split(name)
             check_files_exist(split.files, split.description)
             if self.check_files:
                 check_split(split, split.description)
-            self._splits[stage] = split
-        return self._splits[stage]
+
+    def prepare_data(self) -> None:
+        """The file checks of :meth:`check`, for the stage the trainer runs (Lightning calls this once per node,
+        before :meth:`setup`)."""
+        self.check(self.trainer.state.fn.value if self.trainer is not None and self.trainer.state.fn else "fit")
 
     def setup(self, stage: str) -> None:
         for s in STAGES[stage]:
             self.split(s)
+
+    def evaluator(self, stage: str, **options) -> Evaluator:
+        """The evaluator of a split (``val`` or ``test``) with its ground truth; ``options`` are the task's
+        evaluation settings (pose: ``sigmas``, ``keypoint_score_threshold``, ``nms_threshold``)."""
+        raise NotImplementedError
 
     def _loader(self, stage: str, train: bool, drop_last: bool = False) -> DataLoader:
         dataset = self.dataset(self.split(stage), train)
         if train and self.num_workers == 0 and process_rank() > 0:
             # no workers: this process draws the augmentations, its generators seeded alike on every rank
             seed_draws(dataset, torch.initial_seed())
+        sampler = None
+        if not train and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)  # Lightning keeps a DistributedSampler
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=train,
+            sampler=sampler,
             drop_last=drop_last and len(dataset) > self.batch_size,
             num_workers=self.num_workers,
             collate_fn=collate,

@@ -87,6 +87,27 @@ def _entry_problem(section: str, entry: Any) -> str | None:
     return None
 
 
+def read_category_entries(path: str | Path) -> list[dict]:
+    """The ``categories`` of an annotation file, checked and sorted by id: what a model must be told before the
+    data is read (the rest of the file is checked when a split is loaded)."""
+    path = Path(path)
+    data = load_json(path)
+    categories = data.get("categories") if isinstance(data, dict) else None
+    if not isinstance(categories, list):
+        raise ValueError(f"annotation file {str(path)!r} has no 'categories' list")
+    for i, entry in enumerate(categories):
+        problem = _entry_problem("categories", entry)
+        if problem:
+            raise ValueError(f"annotation file {str(path)!r}: categories entry {i} {problem}")
+    return sorted(categories, key=lambda c: c["id"])
+
+
+def read_categories(path: str | Path) -> tuple[list[str], list[int]]:
+    """The class names and category ids of an annotation file, in label order (sorted ids)."""
+    categories = read_category_entries(path)
+    return [c["name"] for c in categories], [c["id"] for c in categories]
+
+
 def load_coco(path: str | Path) -> CocoFile:
     """Load and validate a COCO annotation file (instances or person_keypoints).
 

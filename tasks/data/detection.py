@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..evaluation import DetectionEvaluator
 from ._module import KestrelDataModule
-from .coco import load_coco
+from .coco import load_coco, read_categories
 from .images import read_image
 from .transforms import DetectionPreset, detection_transform
 from .voc import VOC_CLASSES, read_annotation, read_split
@@ -165,7 +166,7 @@ def voc_detection_split(
 
 
 class DetectionDataset(Dataset):
-    """Images with their boxes: ``(image uint8 (3, H, W), {"boxes", "labels"}, {"index"})``.
+    """Images with their boxes: ``(image uint8 (3, H, W), {"boxes", "labels", "image_id", "file"})``.
 
     Training images go through an albumentations pipeline that ends at the model's input size;
     evaluation images (``transform`` None) stay as they are: the model resizes them itself.
@@ -193,9 +194,11 @@ class DetectionDataset(Dataset):
         target = {
             "boxes": torch.as_tensor(np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)),
             "labels": torch.as_tensor(np.asarray(out["labels"], dtype=np.int64)),
+            "image_id": record.image_id,
+            "file": record.file,
         }
         image = torch.from_numpy(np.ascontiguousarray(out["image"])).permute(2, 0, 1)
-        return image, target, {"index": index}
+        return image, target
 
 
 class DetectionData(KestrelDataModule):
@@ -252,8 +255,8 @@ class DetectionData(KestrelDataModule):
             self.class_names = list(classes or VOC_CLASSES)
             self.category_ids = list(range(1, len(self.class_names) + 1))
         else:  # the categories decide the label count, which the model needs before setup
-            names = self.split("val")
-            self.class_names, self.category_ids = names.class_names, names.category_ids
+            path = Path(root) / "annotations" / f"instances_{self.val_split}.json"
+            self.class_names, self.category_ids = read_categories(path)
 
     @property
     def num_classes(self) -> int:
@@ -272,3 +275,11 @@ class DetectionData(KestrelDataModule):
 
     def dataset(self, split: DetectionSplit, train: bool) -> DetectionDataset:
         return DetectionDataset(split.records, detection_transform(self.augment, self.image_size) if train else None)
+
+    def evaluator(self, stage: str, **options) -> DetectionEvaluator:
+        """COCO AP (and VOC07 / VOC12 AP@0.5 on VOC data) against the split's own ground truth."""
+        split = self.split(stage)
+        if split.coco_gt is None:
+            raise ValueError(f"{split.description} has no annotations to evaluate against")
+        return DetectionEvaluator(split.records, split.coco_gt, split.class_names, split.category_ids, split.voc_gt,
+                                  split.description, **options)

@@ -26,8 +26,10 @@ from torch.utils.data import Dataset
 
 from heads.pose import flip_index
 
+from ..evaluation import PoseEvaluator
+from ..evaluation.keypoints import apply_affine
 from ._module import KestrelDataModule
-from .coco import finite_number, load_coco, load_json
+from .coco import finite_number, load_coco, load_json, read_category_entries
 from .images import read_image
 
 log = logging.getLogger(__name__)
@@ -273,11 +275,6 @@ def cut_out(image: np.ndarray, matrix: np.ndarray, output: tuple[int, int]) -> n
     return cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
 
 
-def apply_affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """``(..., 2)`` points through a 2x3 affine map."""
-    return points @ matrix[:, :2].T + matrix[:, 2]
-
-
 def invert_affine(matrix: np.ndarray) -> np.ndarray:
     return cv2.invertAffineTransform(matrix)
 
@@ -315,10 +312,11 @@ def _truncated_normal(rng: np.random.Generator) -> float:
 class PoseDataset(Dataset):
     """Affine crops of person boxes with their keypoints in crop pixels.
 
-    Items are ``(image uint8 (3, H, W), keypoints float (K, 3), meta)``: keypoints ``x, y,
-    visibility`` in crop coordinates, visibility 0 for unlabelled ones and for any the crop loses;
-    ``meta`` holds ``index`` (the instance), ``matrix`` (crop -> image, 2x3), ``score`` and ``area``
-    (of the padded box, for OKS NMS).
+    Items are ``(image uint8 (3, H, W), target)``; the target holds ``keypoints`` float ``(K, 3)``: ``x, y,
+    visibility`` in crop coordinates, visibility 0 for unlabelled ones and for any the crop loses; and
+    what maps a prediction back: ``image_id``, ``file``, ``instance`` (the box's number in the split),
+    ``category_id``, ``matrix`` (crop -> image, 2x3), ``box_score``, ``box_area`` (of the padded box, for OKS
+    NMS), and the box's ground truth in image pixels, ``truth`` ``(K, 3)`` and ``area`` (zeros for a detection).
     """
 
     def __init__(self, split: PoseSplit, image_size: tuple[int, int], augment: PoseAugment | None,
@@ -361,9 +359,11 @@ class PoseDataset(Dataset):
         outside = (keypoints[:, 0] < -0.5) | (keypoints[:, 0] > width - 0.5) | (keypoints[:, 1] < -0.5) | (
             keypoints[:, 1] > height - 0.5)
         keypoints[outside, 2] = 0
-        meta = {"index": index, "matrix": invert_affine(matrix), "score": instance.score,
-                "area": float(scale[0] * scale[1])}
-        return (torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1), torch.from_numpy(keypoints), meta)
+        target = {"keypoints": torch.from_numpy(keypoints), "image_id": record.image_id, "file": record.file,
+                  "category_id": self.split.category_id, "instance": index, "matrix": invert_affine(matrix),
+                  "box_score": instance.score, "box_area": float(scale[0] * scale[1]), "truth": instance.keypoints,
+                  "area": instance.area}
+        return torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1), target
 
 
 class PoseData(KestrelDataModule):
@@ -420,10 +420,12 @@ class PoseData(KestrelDataModule):
         self.det_score_threshold = det_score_threshold
         self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         self.augment = augment if augment is not None else PoseAugment()
-        val = self.split("val")  # the keypoints decide the model's outputs, needed before setup
-        self.keypoint_names = val.keypoint_names
-        self.category_id = val.category_id
-        self.skeleton = val.skeleton
+        # the keypoints decide the model's outputs, needed before setup
+        path = Path(root) / "annotations" / f"person_keypoints_{self.val_split}.json"
+        found = keypoint_category(path, read_category_entries(path), category)
+        self.keypoint_names = list(found["keypoints"])
+        self.category_id = found["id"]
+        self.skeleton = found.get("skeleton")
         self.flip_pairs = flip_index(self.keypoint_names)
         self.sigmas = resolve_sigmas(self.keypoint_names, sigmas)
 
@@ -453,3 +455,12 @@ class PoseData(KestrelDataModule):
 
     def dataset(self, split: PoseSplit, train: bool) -> PoseDataset:
         return PoseDataset(split, self.image_size, self.augment if train else None, self.flip_pairs)
+
+    def evaluator(self, stage: str, sigmas: list[float] | None = None, keypoint_score_threshold: float = 0.2,
+                  nms_threshold: float | None = 0.9) -> PoseEvaluator:
+        """COCO OKS AP against the split's keypoint annotations, with ``sigmas`` (the data's if None) and the
+        pose rescoring and NMS settings of the task."""
+        split = self.split(stage)
+        return PoseEvaluator(split.images, split.coco_gt, split.category_id, split.keypoint_names,
+                             sigmas if sigmas is not None else self.sigmas, split.skeleton, keypoint_score_threshold,
+                             nms_threshold, split.description)

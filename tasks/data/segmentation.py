@@ -17,43 +17,18 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
-from PIL import Image
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
+from ..evaluation import VOID, SegmentationEvaluator
 from ._module import KestrelDataModule
-from .coco import load_coco
+from .coco import load_coco, read_categories
 from .images import check_files_exist, read_image
+from .masks import read_mask
 from .voc import VOC_CLASSES, read_split
 
 # torchvision's COCO-VOC mapping (references/segmentation): VOC label i is COCO category COCO_VOC_IDS[i].
 COCO_VOC_IDS = [0, 5, 2, 16, 9, 44, 6, 3, 17, 62, 21, 67, 18, 19, 4, 1, 64, 20, 63, 7, 72]
-VOID = 255
-
-
-def read_mask(path: str | Path, num_labels: int) -> np.ndarray:
-    """A PNG of class indices (palette or greyscale) as ``(H, W)`` uint8.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: not a PNG of indices, or values above ``num_labels - 1`` other than 255 (void).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"mask {str(path)!r} does not exist")
-    with Image.open(path) as png:
-        if png.mode not in ("P", "L"):
-            raise ValueError(f"mask {str(path)!r} is a {png.mode} image; masks are palette or greyscale PNGs of "
-                             "class indices (VOC's SegmentationClass)")
-        mask = np.array(png)
-    invalid = (mask >= num_labels) & (mask != VOID)  # two compares: a tenth of np.unique's time on every mask read
-    if invalid.any():
-        bad = np.unique(mask[invalid])
-        raise ValueError(
-            f"mask {str(path)!r} has values {bad.tolist()}; with {num_labels - 1} classes and background only "
-            f"0..{num_labels - 1} and {VOID} (void) are valid"
-        )
-    return mask
 
 
 @dataclass
@@ -150,7 +125,7 @@ def segmentation_transform(crop_size: int, scale_range: tuple[float, float] = (0
 
 
 class SegmentationDataset(Dataset):
-    """Items ``(image uint8 (3, H, W), mask int64, {"index"})``.
+    """Items ``(image uint8 (3, H, W), {"mask": int64 (H, W), "image_id", "file"})``.
 
     Training images and masks are cropped by ``transform``; evaluation ones (``transform`` None) stay
     at the image's own size (the mask empty when the image has none).
@@ -179,7 +154,7 @@ class SegmentationDataset(Dataset):
             image, mask = out["image"], out["mask"]
         image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         mask = torch.zeros(0, dtype=torch.int64) if mask is None else torch.from_numpy(mask.astype(np.int64))
-        return image, mask, {"index": index}
+        return image, {"mask": mask, "image_id": record.image_id, "file": record.file}
 
 
 class SegmentationData(KestrelDataModule):
@@ -237,8 +212,8 @@ class SegmentationData(KestrelDataModule):
         self.crop_size = crop_size or image_size
         self.scale_range = tuple(scale_range)
         if coco and coco_classes == "all":  # the categories decide the label count, which the model needs now
-            val = self.split("val")
-            self.class_names, self.category_ids = val.class_names, val.category_ids
+            path = Path(root) / "annotations" / f"instances_{self.val_split}.json"
+            self.class_names, self.category_ids = read_categories(path)
         elif coco:  # torchvision's COCO-VOC benchmark: VOC's classes by their COCO category ids
             self.class_names, self.category_ids = list(VOC_CLASSES), COCO_VOC_IDS[1:]
         else:
@@ -266,3 +241,8 @@ class SegmentationData(KestrelDataModule):
 
     def dataset(self, split: SegmentationSplit, train: bool) -> SegmentationDataset:
         return SegmentationDataset(split, segmentation_transform(self.crop_size, self.scale_range) if train else None)
+
+    def evaluator(self, stage: str, **options) -> SegmentationEvaluator:
+        """mIoU over every pixel of the split, void pixels ignored."""
+        split = self.split(stage)
+        return SegmentationEvaluator(split.class_names, split.description, **options)

@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -29,7 +29,8 @@ from tqdm import tqdm
 
 from backbones._weights import load_weights
 
-from ._base import KestrelTask, backbone_name, file_sha256, kestrel_version
+from ..provenance import backbone_name, file_sha256, kestrel_version
+from .agreement import agreement, faithful, summarize
 from .quantize import DEFAULT_KEEP_FLOAT, QUANTIZED_OPS, Calibration, KeepFloat, quantize_int8
 from .runtime import (
     METADATA_KEY,
@@ -41,6 +42,9 @@ from .runtime import (
     openvino_core,
     run_images,
 )
+
+if TYPE_CHECKING:
+    from .._base import KestrelTask
 
 OPSET = 17
 CHECK_IMAGES = 8
@@ -105,62 +109,6 @@ def onnx_to_openvino(onnx_path: str | Path, xml_path: str | Path, metadata: dict
     return xml_path
 
 
-def agreement(task: str, reference: Sequence[dict[str, torch.Tensor]], candidate: Sequence[dict[str, torch.Tensor]],
-              box_tolerance: float = 1e-3) -> dict[str, float]:
-    """How closely ``candidate`` outputs (an export's) follow ``reference`` ones (PyTorch's), image by image.
-
-    detect: ``detections`` / ``candidate_detections`` counts, ``unmatched`` reference detections (no
-    candidate of its class within ``box_tolerance`` px on every coordinate, matched greedily by
-    score), and the largest box and score differences of the matched ones. segment:
-    ``pixel_agreement``, the share of equal labels. pose: the largest keypoint and score differences.
-    """
-    if task == "segment":
-        equal = sum(int((r["labels"] == c["labels"]).sum()) for r, c in zip(reference, candidate))
-        return {"pixel_agreement": equal / max(sum(r["labels"].numel() for r in reference), 1)}
-    if task == "pose":
-        diff = [(r["keypoints"] - c["keypoints"]).abs() for r, c in zip(reference, candidate)]
-        return {"max_keypoint_diff": max(float(d[:, :2].max()) for d in diff),
-                "max_score_diff": max(float(d[:, 2].max()) for d in diff)}
-    stats = {"detections": 0, "candidate_detections": 0, "unmatched": 0, "max_box_diff": 0.0, "max_score_diff": 0.0}
-    for r, c in zip(reference, candidate):
-        stats["detections"] += len(r["boxes"])
-        stats["candidate_detections"] += len(c["boxes"])
-        distance = (r["boxes"][:, None].double() - c["boxes"][None].double()).abs().amax(-1)
-        distance[r["labels"][:, None] != c["labels"][None]] = float("inf")
-        used = torch.zeros(len(c["boxes"]), dtype=torch.bool)
-        for i in torch.argsort(r["scores"], descending=True).tolist():
-            row = distance[i].masked_fill(used, float("inf"))
-            j = int(row.argmin()) if len(row) else -1
-            if j < 0 or row[j] > box_tolerance:
-                stats["unmatched"] += 1
-                continue
-            used[j] = True
-            stats["max_box_diff"] = max(stats["max_box_diff"], float(row[j]))
-            stats["max_score_diff"] = max(stats["max_score_diff"], abs(float(r["scores"][i] - c["scores"][j])))
-    return stats
-
-
-def summarize(task: str, stats: dict[str, float]) -> str:
-    if task == "segment":
-        return f"{100 * stats['pixel_agreement']:.3f}% of pixels labelled alike"
-    if task == "pose":
-        return (f"keypoints within {stats['max_keypoint_diff']:.2g} px, scores within "
-                f"{stats['max_score_diff']:.2g}")
-    return (f"{stats['candidate_detections']} detections for PyTorch's {stats['detections']}, "
-            f"{stats['unmatched']} unmatched; matched boxes within {stats['max_box_diff']:.2g} px, "
-            f"scores within {stats['max_score_diff']:.2g}")
-
-
-def faithful(task: str, stats: dict[str, float]) -> bool:
-    """Whether a float export reproduces PyTorch (detections one for one, labels on 99.9% of pixels,
-    keypoints within 0.1 px)."""
-    if task == "segment":
-        return stats["pixel_agreement"] >= 0.999
-    if task == "pose":
-        return stats["max_keypoint_diff"] <= 0.1
-    return stats["unmatched"] == 0 and stats["candidate_detections"] == stats["detections"]
-
-
 def split_images(datamodule: pl.LightningDataModule, stage: str, count: int, seed: int = 0) -> list[torch.Tensor]:
     """``count`` images of a split as the network takes them (evaluation items: no augmentation), a
     fixed random choice."""
@@ -180,7 +128,7 @@ def export_task(trainer: pl.Trainer, task: KestrelTask, datamodule: pl.Lightning
         raise ValueError("--int8 true calibrates on training images: give the data (--data.root ...)")
     if ckpt_path and not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"--ckpt_path {str(ckpt_path)!r} does not exist")
-    task.setup("export")  # init_from
+    task.initialize(datamodule)  # init_from
     if ckpt_path:
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         load_weights(task, checkpoint.get("state_dict", checkpoint), repr(str(ckpt_path)))

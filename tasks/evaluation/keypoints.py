@@ -1,9 +1,11 @@
-"""COCO keypoint metrics: OKS AP by faster-coco-eval's COCOeval (equal to pycocotools'), and OKS NMS."""
+"""COCO keypoint metrics: OKS AP by faster-coco-eval's COCOeval (equal to pycocotools'); poses of an image rescored
+and OKS-NMS'd into COCO keypoint results, as mmpose does."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 from faster_coco_eval import COCO, COCOeval_faster
@@ -17,6 +19,11 @@ COCO_KEYPOINT_KEYS = {
     "ap": 0, "ap_50": 1, "ap_75": 2, "ap_medium": 3, "ap_large": 4,
     "ar": 5, "ar_50": 6, "ar_75": 7, "ar_medium": 8, "ar_large": 9,
 }
+
+
+def apply_affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """``(..., 2)`` points through a 2x3 affine map (a crop's back to its image)."""
+    return points @ matrix[:, :2].T + matrix[:, 2]
 
 
 def oks_matrix(keypoints: np.ndarray, areas: np.ndarray, sigmas: Sequence[float]) -> np.ndarray:
@@ -91,3 +98,41 @@ def coco_keypoint_metrics(ground_truth: dict, results: list[dict], sigmas: Seque
     evaluator.accumulate()
     evaluator.summarize()
     return {k: _number(evaluator.stats[i]) for k, i in COCO_KEYPOINT_KEYS.items()}
+
+
+def pose_results(image_ids: Sequence[Hashable], points: np.ndarray, scores: np.ndarray, box_scores: Sequence[float],
+                 box_areas: Sequence[float], category_id: int, sigmas: Sequence[float],
+                 keypoint_score_threshold: float, nms_threshold: float | None) -> list[dict]:
+    """COCO keypoint results of top-down poses: each rescored (box score x the mean of its keypoint scores above
+    ``keypoint_score_threshold``), then the poses of each image OKS-NMS'd at ``nms_threshold`` (None: no NMS).
+
+    Args:
+        image_ids: Per pose, the id of its image (results name it); poses of one image keep their given order.
+        points: ``(N, K, 2)`` keypoints in image pixels.
+        scores: ``(N, K)`` their scores.
+        box_scores: The scores of the boxes the poses were found in.
+        box_areas: The areas OKS NMS scales by (the padded boxes').
+        category_id: The keypoint category's id.
+        sigmas: OKS sigmas per keypoint.
+        keypoint_score_threshold: Keypoints scoring above this make a pose's score.
+        nms_threshold: OKS above which the weaker of two poses of an image is dropped.
+    """
+    by_image: dict[Hashable, list[int]] = defaultdict(list)
+    for i, image_id in enumerate(image_ids):
+        by_image[image_id].append(i)
+    entries = []
+    for image_id, members in by_image.items():
+        pose_scores = []
+        for i in members:
+            confident = scores[i][scores[i] > keypoint_score_threshold]
+            pose_scores.append(box_scores[i] * (float(confident.mean()) if len(confident) else 0.0))
+        keep = range(len(members))
+        if nms_threshold is not None and len(members) > 1:
+            keep = oks_nms(points[members], np.array(pose_scores), np.array([box_areas[i] for i in members]),
+                           sigmas, nms_threshold)
+        for j in keep:
+            i = members[j]
+            values = np.concatenate([points[i], scores[i][:, None]], 1).astype(np.float64)
+            entries.append({"image_id": image_id, "category_id": category_id,
+                            "keypoints": values.ravel().round(3).tolist(), "score": float(pose_scores[j])})
+    return entries

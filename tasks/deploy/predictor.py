@@ -23,9 +23,10 @@ import torch
 
 from backbones import inference_copy
 
-from .data.images import read_image
-from .data.pose import apply_affine, box_to_center_scale, crop_matrix, cut_out, invert_affine
-from .hub import task_class
+from ..data.images import read_image
+from ..data.pose import box_to_center_scale, crop_matrix, cut_out, invert_affine
+from ..evaluation.keypoints import apply_affine
+from ..from_config import task_class
 from .runtime import Network, is_exported, load_exported, run_images
 
 ImageLike = str | Path | np.ndarray | torch.Tensor
@@ -62,7 +63,7 @@ class Predictor:
     """A network and what it predicts; see the module docstring. Build one with :meth:`from_checkpoint`.
 
     Args:
-        network: The task's network (eval mode) or an exported model (``tasks.runtime.load_exported``).
+        network: The task's network (eval mode) or an exported model (``tasks.deploy.runtime.load_exported``).
         metadata: The task's metadata (``Task.metadata()`` or the exported file's).
         device: Where a PyTorch network runs.
     """

@@ -24,7 +24,7 @@ TASKS = {"detect": ("DetectionTask", "DetectionData"), "segment": ("Segmentation
          "pose": ("PoseTask", "PoseData")}
 
 
-def _task_module(task: str) -> ModuleType:
+def task_module(task: str) -> ModuleType:
     """``tasks.detect``, ``tasks.segment`` or ``tasks.pose`` (imported when asked for)."""
     if task not in TASKS:
         raise ValueError(f"task must be detect, segment or pose, got {task!r}")
@@ -33,12 +33,12 @@ def _task_module(task: str) -> ModuleType:
 
 def task_class(task: str) -> type:
     """The LightningModule of a task: ``detect``, ``segment`` or ``pose``."""
-    return getattr(_task_module(task), TASKS[task][0])
+    return getattr(task_module(task), TASKS[task][0])
 
 
 def data_class(task: str) -> type:
     """The LightningDataModule of a task."""
-    return getattr(_task_module(task), TASKS[task][1])
+    return getattr(task_module(task), TASKS[task][1])
 
 
 def config_path(config: str | Path) -> Path:
@@ -103,7 +103,7 @@ def task_from_config(
     if "class_path" not in backbone:  # a backbone by name; a class_path one keeps its own arguments
         backbone["pretrained"] = pretrained_backbone
     if data is not None:
-        for source, target in _task_module(task).LINKS.items():
+        for source, target in task_module(task).LINKS.items():
             section[target.removeprefix("model.")] = getattr(data, source.removeprefix("data."))
     count = model_args.pop("num_classes", None)
     if count is not None and "class_names" not in model_args:

@@ -1,7 +1,8 @@
-"""Figures of the evaluation reports: matplotlib charts and torchvision's drawing utilities.
+"""Charts of the evaluation reports, as matplotlib ``Figure`` objects.
 
-Every function returns a matplotlib ``Figure`` (Agg backend: no display needed); the report writer
-saves them as PNG and embeds them in ``report.html``.
+Figures are made with ``matplotlib.figure.Figure`` itself, not ``pyplot``: no backend is chosen and no
+window is opened, so importing Kestrel leaves a notebook's plotting as it was. The report writer saves
+them as PNG (``Figure.savefig`` renders with Agg) and embeds them in ``report.html``.
 """
 
 from __future__ import annotations
@@ -10,14 +11,9 @@ import csv
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import numpy as np
+import torch
+from matplotlib.figure import Figure
 
 RECALL = np.linspace(0, 1, 101)  # COCOeval's recall thresholds
 
@@ -25,7 +21,8 @@ RECALL = np.linspace(0, 1, 101)  # COCOeval's recall thresholds
 def bars(values: Mapping[str, float | None], title: str, xlabel: str) -> Figure:
     """Horizontal bars, worst at the top; classes without a value are listed as n/a."""
     names = sorted(values, key=lambda n: (values[n] is not None, values[n] or 0.0), reverse=True)
-    figure, axis = plt.subplots(figsize=(7, 0.35 * len(names) + 1.2))
+    figure = Figure(figsize=(7, 0.35 * len(names) + 1.2))
+    axis = figure.subplots()
     numbers = [values[n] or 0.0 for n in names]
     axis.barh(range(len(names)), numbers, color="tab:blue")
     axis.set_yticks(range(len(names)), [n if values[n] is not None else f"{n} (n/a)" for n in names])
@@ -45,7 +42,8 @@ def precision_recall(precision: np.ndarray, class_names: Sequence[str]) -> Figur
         precision: COCOeval's ``eval["precision"]`` ``[IoU, recall, class, area, max dets]``; -1 is
             "no ground truth".
     """
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    figure = Figure(figsize=(11, 4.5))
+    axes = figure.subplots(1, 2, sharey=True)
     at_all = precision[:, :, :, 0, -1]  # area all, most detections
     for k, name in enumerate(class_names):
         curve = at_all[:, :, k]
@@ -71,7 +69,8 @@ def confusion(matrix: np.ndarray, names: Sequence[str]) -> Figure:
     totals = matrix.sum(1, keepdims=True)
     normalized = np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
     size = 0.5 * len(names) + 2
-    figure, axis = plt.subplots(figsize=(size + 1, size))
+    figure = Figure(figsize=(size + 1, size))
+    axis = figure.subplots()
     image = axis.imshow(normalized, vmin=0, vmax=1, cmap="Blues")
     axis.set_xticks(range(len(names)), names, rotation=60, ha="right")
     axis.set_yticks(range(len(names)), names)
@@ -92,7 +91,8 @@ def confusion(matrix: np.ndarray, names: Sequence[str]) -> Figure:
 def grid(images: Sequence[torch.Tensor], titles: Sequence[str], columns: int = 4) -> Figure:
     """Images (``(3, H, W)`` uint8) in a grid with titles."""
     rows = max(1, -(-len(images) // columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.0 * rows), squeeze=False)
+    figure = Figure(figsize=(3.2 * columns, 3.0 * rows))
+    axes = figure.subplots(rows, columns, squeeze=False)
     for axis in axes.ravel():
         axis.axis("off")
     for axis, image, title in zip(axes.ravel(), images, titles):
@@ -138,7 +138,8 @@ def learning_curves(paths, main_metric: str) -> Figure | None:
         {k for r in rows for k in r if k.startswith("val/") and not k.endswith(("_small", "_medium", "_large"))}
         - {f"val/{main_metric}"})
     metrics = [k for k in wanted if any(k in r for r in rows)][:6]
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    figure = Figure(figsize=(15, 4.2))
+    axes = figure.subplots(1, 3)
 
     def series(key):
         latest = {r["step"]: (r["step"], r[key], r.get("epoch")) for r in rows if key in r and "step" in r}

@@ -19,10 +19,13 @@ from matplotlib import font_manager
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import draw_bounding_boxes, draw_keypoints, draw_segmentation_masks
 
-from .data.segmentation import VOID
-from .data.voc import VOC_PALETTE
+from ..data.voc import VOC_PALETTE
+from ..evaluation import VOID
 
 Colour = tuple[int, int, int]
+
+# Detections and poses scoring at least this are drawn (predict's images, the reports' samples, TensorBoard).
+DRAW_SCORE = 0.3
 
 
 def colour(label: int) -> Colour:
@@ -121,3 +124,19 @@ def save_image(image: torch.Tensor, path: str | Path) -> Path:
     picture = Image.fromarray(image.permute(1, 2, 0).contiguous().cpu().numpy())
     picture.save(path, **({"quality": 90} if path.suffix.lower() in (".jpg", ".jpeg") else {}))
     return path
+
+
+def draw_detections(image: torch.Tensor, boxes, scores, labels, class_names: Sequence[str]) -> torch.Tensor:
+    """The image with the detections scoring at least ``DRAW_SCORE``: boxes, class names and scores."""
+    keep = np.asarray(scores) >= DRAW_SCORE
+    return draw_boxes(image, np.asarray(boxes)[keep], np.asarray(labels)[keep], class_names, np.asarray(scores)[keep])
+
+
+def draw_people(image: torch.Tensor, keypoints, visible, box_scores, skeleton: Sequence[tuple[int, int]],
+                colours: Colour | Sequence[Colour] | None = None) -> torch.Tensor:
+    """The image with the skeletons of the people whose box scores at least ``DRAW_SCORE`` (``keypoints``
+    ``(P, K, 2)``, ``visible`` ``(P, K)``: the keypoints drawn)."""
+    keep = np.asarray(box_scores) >= DRAW_SCORE
+    if not keep.any():
+        return image
+    return draw_poses(image, np.asarray(keypoints)[keep], np.asarray(visible)[keep], skeleton, colours)

@@ -1,4 +1,5 @@
-"""``python -m backbones pick``: which backbones, with a task's head, fit a latency budget on this machine.
+"""``python -m backbones pick`` (or ``python -m tasks.benchmark pick``): which backbones, with a task's head, fit a
+latency budget on this machine.
 
 Every candidate is built with the head of the task's COCO / VOC config (SSDLite with 80 classes on
 the C4-expansion and C5 taps; DeepLabV3+ at output stride 16 with 20 classes; the pose head with the
@@ -8,7 +9,7 @@ the asked size, and timed after warm-up; the list gives the ones within the budg
 What is timed is the network from uint8 image to the head's output — scaling, normalization,
 resizing, backbone and head — plus segmentation's and pose's decoding. Detection's box decoding and
 NMS are left out: their cost does not depend on the backbone, and on untrained weights (every score
-above the threshold) it is far larger than a trained detector's (``python -m tasks.bench runtimes``
+above the threshold) it is far larger than a trained detector's (``python -m tasks.benchmark runtimes``
 times a trained one whole).
 """
 
@@ -26,7 +27,14 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import Backbone, inference_copy, list_backbones
+from backbones import Backbone, inference_copy, list_backbones
+from heads.deeplabv3plus import DeepLabV3Plus
+from heads.pose import SimpleBaseline
+from heads.ssdlite import SSDLite
+
+from ..data.pose import COCO_KEYPOINTS
+from ..deploy.export import export_onnx
+from ..deploy.runtime import ExportedModel
 
 TASKS = ("detect", "segment", "pose")
 RUNTIMES = ("eager", "onnx")
@@ -58,22 +66,15 @@ def build(task: str, name: str, size: int, **options) -> tuple[nn.Module, tuple[
         ValueError: the backbone cannot take the head's configuration (e.g. output stride 16).
     """
     if task == "detect":
-        from heads.ssdlite import SSDLite
-
         try:
             backbone = Backbone(name, levels=[16, 32], feature_location="expansion", options=options)
         except ValueError:  # no expansion layer to tap: the block outputs
             backbone = Backbone(name, levels=[16, 32], options=options)
         return _DetectorNetwork(SSDLite(backbone, num_classes=80, image_size=size)), (size, size)
     if task == "segment":
-        from heads.deeplabv3plus import DeepLabV3Plus
-
         return DeepLabV3Plus(Backbone(name, levels=[4, 32], output_stride=16, options=options), num_classes=20,
                              image_size=size), (size, size)
     if task == "pose":
-        from heads.pose import SimpleBaseline
-        from tasks.data.pose import COCO_KEYPOINTS
-
         if size % 32:
             raise ValueError(f"pose crops are multiples of the stride 32, got --size {size}")
         network = SimpleBaseline(Backbone(name, levels=[32], options=options), list(COCO_KEYPOINTS))
@@ -115,9 +116,6 @@ def runner(task: str, network: nn.Module, input_size: tuple[int, int], runtime: 
         return inference_copy(network)  # as Kestrel runs it: batch norms folded, channels-last
     if runtime != "onnx":
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
-    from tasks.export import export_onnx
-    from tasks.runtime import ExportedModel
-
     path = export_onnx(network, scratch / "model.onnx", {"task": task, "input_size": list(input_size)})
     return ExportedModel(path, threads=torch.get_num_threads(), spinning=spinning)
 
@@ -145,8 +143,8 @@ def pick(task: str, size: int, budget_ms: float, names: list[str] | None = None,
     return fits, [r for r in timed if r["ms"] > budget_ms] + [r for r in rows if "error" in r]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m backbones pick", description=__doc__.split("\n\n")[0],
+def main(argv: list[str] | None = None, prog: str = "python -m backbones pick") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                      epilog="\n\n".join(__doc__.split("\n\n")[1:]),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", help="backbones to consider (default: every registered one)")
