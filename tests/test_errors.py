@@ -1,8 +1,6 @@
 """A user's mistake ends a command with one line that names the problem, and a non-zero exit; the traceback
 only with ``--verbose`` or ``KESTREL_VERBOSE=1``."""
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -48,16 +46,18 @@ def test_missing_data_and_checkpoints_name_the_file(module, config, tmp_path, ca
     assert str(tmp_path / "nowhere") in one_line(capsys)
 
 
-def test_verbose_shows_the_traceback(data, tmp_path):
-    command = [sys.executable, "-m", "tasks.detect", "fit", "--config", str(DEMO / "ssdlite_mbv3_shapes.yaml"),
-               "--model.backbone.name", "mobilenet_v9", "--data.root", str(data / "coco"),
-               "--trainer.default_root_dir", str(tmp_path)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    plain = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-    assert plain.returncode == 1 and "Traceback" not in plain.stderr
-    assert plain.stderr.strip().splitlines()[-1].startswith("error: unknown backbone 'mobilenet_v9'")
-    with pytest.raises(ValueError, match="unknown backbone 'mobilenet_v9'"):  # the traceback: the error raised
-        main(detect.cli_main, [*command[3:], "--verbose"])
+def test_verbose_shows_the_traceback(data, tmp_path, monkeypatch, capsys):
+    """What ``python -m tasks.detect`` runs, with its arguments in ``sys.argv``: one line and exit status 1, or
+    with ``--verbose`` the error itself (its traceback)."""
+    args = ["fit", "--config", str(DEMO / "ssdlite_mbv3_shapes.yaml"), "--model.backbone.name", "mobilenet_v9",
+            "--data.root", str(data / "coco"), "--trainer.default_root_dir", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", ["tasks/detect.py", *args])
+    assert main(detect.cli_main) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: unknown backbone 'mobilenet_v9'")
+    monkeypatch.setattr(sys, "argv", ["tasks/detect.py", *args, "--verbose"])
+    with pytest.raises(ValueError, match="unknown backbone 'mobilenet_v9'"):
+        main(detect.cli_main)
 
 
 def test_user_message_finds_the_sentence():

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from sweep import backbones, sweep
+from sweep import REPRESENTATIVES, sweep
 from torch import nn
 
 from backbones import Backbone, list_backbones
@@ -24,7 +24,7 @@ from tasks.deploy.export import export_onnx, onnx_to_openvino
 from tasks.deploy.quantize import conv_nodes
 from tasks.deploy.runtime import ExportedModel, openvino_core, read_metadata, run_images
 
-EXTRA = "timm:mobilenetv4_conv_small"  # a timm model by name, not registered
+EXTRA = "timm:mobilenetv4_conv_small"  # a timm model by name (slow: the registered mobilenet_v4_conv_small is it)
 FIVE = ["nose", "left_eye", "right_eye", "left_ear", "right_ear"]
 
 
@@ -93,7 +93,7 @@ TASKS = {
 # default pose is exported on one torchvision and one timm backbone (on every backbone under the slow marker).
 POSE_NAMES = ("mobilenet_v3_large", "mobilenet_v4_conv_small")
 CASES = [pytest.param(*case.values, task, marks=case.marks) for task in TASKS
-         for case in (sweep([*list_backbones(), EXTRA], POSE_NAMES) if task == "pose" else backbones(EXTRA))]
+         for case in sweep([*list_backbones(), EXTRA], POSE_NAMES if task == "pose" else REPRESENTATIVES)]
 
 
 @pytest.mark.parametrize("name,task", CASES)

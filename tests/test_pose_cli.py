@@ -98,7 +98,7 @@ def test_the_export_scores_what_the_checkpoint_scores(data, checkpoint, trained,
     cli_main(["test", *small(data, tmp_path / "ckpt", "--model.init_from", checkpoint)])
     expected = read_metrics(tmp_path / "ckpt")
     paths = {}
-    for name, extra in (("fp32", []), ("int8", ["--int8", "true"])):
+    for name, extra in (("fp32", []), ("int8", ["--int8", "true", "--calibration_images", "4"])):
         capsys.readouterr()
         cli_main(["export", *small(data, trained, "--ckpt_path", checkpoint, *extra)])
         paths[name] = Path(capsys.readouterr().out.strip().splitlines()[-1])

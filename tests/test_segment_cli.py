@@ -86,8 +86,9 @@ def test_the_export_labels_what_the_checkpoint_labels(data, trained, capsys, tmp
     cli_main(["test", *small(data / "voc", tmp_path / "ckpt", "--model.init_from", str(best))])
     expected = json.loads((latest_version(tmp_path / "ckpt") / "report" / "metrics.json").read_text())
     paths = {}
-    for fmt, extra in (("onnx", []), ("openvino", ["--format", "openvino"]), ("int8", ["--int8", "true"]),
-                       ("openvino_int8", ["--format", "openvino", "--int8", "true"])):
+    int8 = ["--int8", "true", "--calibration_images", "4"]
+    for fmt, extra in (("onnx", []), ("openvino", ["--format", "openvino"]), ("int8", int8),
+                       ("openvino_int8", ["--format", "openvino", *int8])):
         capsys.readouterr()
         cli_main(["export", *small(data / "voc", trained, "--ckpt_path", str(best), *extra)])
         paths[fmt] = Path(capsys.readouterr().out.strip().splitlines()[-1])

@@ -4,7 +4,7 @@ A busy moment of the machine should slow every model alike, so the models run in
 turn of a few calls per batch size. The first call of a turn is not timed: runtimes leave their
 worker threads spinning for a while after a call (ONNX Runtime's pool, OpenMP's), and that spin
 would be charged to whichever model runs next. ONNX Runtime sessions made for timing do not spin at
-all (``tasks.runtime.ExportedModel(..., spinning=False)``).
+all (``tasks.deploy.runtime.ExportedModel(..., spinning=False)``).
 """
 
 from __future__ import annotations

@@ -91,10 +91,6 @@ class Evaluator(Metric):
         """What a report shows of the last :meth:`compute` (call it after ``compute``)."""
         raise NotImplementedError
 
-    def samples(self, count: int = 4) -> list[Sample]:
-        """A few images with their ground truth and prediction, from the last :meth:`compute`."""
-        return self.report().samples[:count]
-
     def _computed_details(self) -> dict[str, Any]:
         if self._details is None:
             raise RuntimeError(f"{type(self).__name__}.report() needs compute() first")
