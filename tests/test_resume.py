@@ -16,7 +16,9 @@ from cli_runs import demo_args
 from tasks.detect import cli_main
 
 ROOT = Path(__file__).parents[1]
-STEPS_PER_EPOCH, EPOCHS = 5, 3  # 16 training images in batches of 3, the last partial one dropped
+# 16 training images in batches of 2; a step checkpoint every 3 steps: the run is killed at the first one past
+# the first epoch (step 9), and step checkpoints land mid-epoch until step 16, however late the kill comes
+STEPS_PER_EPOCH, EPOCHS, EVERY = 8, 3, 3
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +28,7 @@ def data(shapes):
 
 def fit_command(data, run_dir, *extra):
     args = demo_args("ssdlite_mbv3_shapes", data / "coco", run_dir, "96", "--trainer.max_epochs", str(EPOCHS),
-                     "--checkpoint.every_n_train_steps", "2", "--data.augment", "none", "--data.batch_size", "3",
+                     "--checkpoint.every_n_train_steps", str(EVERY), "--data.augment", "none", "--data.batch_size", "2",
                      "--model.scheduler.init_args.warmup_steps", "3", *extra)
     return [sys.executable, "-m", "tasks.detect", "fit", *args]
 
