@@ -4,6 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kestrel-installed
 PYTEST_ARGS ?=
+# pytest-xdist workers: each runs one thread (tests/conftest.py), so workers = the cores
+PYTEST_WORKERS ?= 2
 
 export NO_ALBUMENTATIONS_UPDATE := 1
 
@@ -21,10 +23,10 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 test: install  ## the suite CI runs (slow checks excluded)
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 test-all: install  ## every test, slow ones included
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 $(DEMO_DATA)/coco/annotations/instances_val2017.json: | install
 	$(PY) -m tasks.data.synthetic --out $(DEMO_DATA)

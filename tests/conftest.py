@@ -4,6 +4,10 @@ import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest -n N: one thread per worker (and per process it starts), so that workers x threads stay within the
+    # cores; OpenMP threads spin-waiting for a core make oversubscribed runs many times slower
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 import socket  # noqa: E402
 from urllib.error import URLError  # noqa: E402
