@@ -97,7 +97,8 @@ def load_weights(
     problems = weight_problems(own, state_dict, drop)
     if problems:
         raise ValueError(f"weights {source} do not fit {type(module).__name__}: " + "; ".join(problems))
-    module.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
+    drop = tuple(drop)
+    module.load_state_dict({k: v for k, v in state_dict.items() if k in own and not k.startswith(drop)}, strict=False)
 
 
 @dataclass(frozen=True)

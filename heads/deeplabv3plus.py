@@ -68,6 +68,9 @@ class DeepLabV3Plus(nn.Module):
         image_std: As ``image_mean``.
     """
 
+    # sized by the class count: what fine-tuning on other classes starts afresh (tasks: init_from)
+    label_layers = ("segmentation_head.", "aux_head.")
+
     def __init__(
         self,
         backbone: Pyramid,

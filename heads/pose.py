@@ -178,6 +178,9 @@ class SimpleBaseline(nn.Module):
         image_std: As ``image_mean``.
     """
 
+    # sized by the keypoint count: what fine-tuning on other keypoints starts afresh (tasks: init_from)
+    label_layers = ("final.",)
+
     stride = 4
 
     def __init__(

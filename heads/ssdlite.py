@@ -75,6 +75,9 @@ class SSDLite(SSD):
         positive_fraction: Positives among the boxes the classification loss sees (0.25: 3:1 mining).
     """
 
+    # sized by the class count: what fine-tuning on other classes starts afresh (tasks: init_from)
+    label_layers = ("head.classification_head.",)
+
     def __init__(
         self,
         backbone: Pyramid,

@@ -14,6 +14,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.cli import OptimizerCallable
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_info
 from pytorch_lightning.utilities.parsing import collect_init_args
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -28,6 +29,16 @@ from .provenance import backbone_name, file_sha256
 from .reporting.figures import sample_grid
 
 log = logging.getLogger(__name__)
+
+
+def relabelled_keys(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """The keys of ``state`` whose shape differs from the model's, when all of them lie in ``model.label_layers``:
+    weights trained for another number of labels. Empty when they fit, or when other layers differ too (other
+    weights, not other labels)."""
+    prefixes = tuple(getattr(model, "label_layers", ()))
+    own = model.state_dict()
+    differ = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
+    return differ if prefixes and all(k.startswith(prefixes) for k in differ) else []
 
 # Lightning rebuilds a task from a checkpoint's hyperparameters with this (jsonargparse, as the CLI does).
 INSTANTIATOR = "pytorch_lightning.cli.instantiate_module"
@@ -178,23 +189,42 @@ class KestrelTask(pl.LightningModule):
 
     # ----------------------------------------------------------------- weights
     def setup(self, stage: str) -> None:
-        self.initialize(self.trainer.datamodule)
+        self.initialize(self.trainer.datamodule, fine_tune=stage == "fit")
         if stage == "fit" and self.channels_last:
             self.model.to(memory_format=torch.channels_last)
 
-    def initialize(self, datamodule: pl.LightningDataModule | None = None) -> None:
+    def initialize(self, datamodule: pl.LightningDataModule | None = None, fine_tune: bool = False) -> None:
         """Load ``init_from`` (once: weights restored from ``--ckpt_path`` afterwards win); ``datamodule`` tells
-        weights in another library's layout which labels they map to."""
+        weights in another library's layout which labels they map to; ``fine_tune`` (``fit``) lets the label
+        layers of weights trained for other labels start afresh (:meth:`load_init_weights`)."""
         if self.init_from and not self._initialized:
-            self.load_init_weights(self.init_from, datamodule)
+            self.load_init_weights(self.init_from, datamodule, fine_tune)
         self._initialized = True
 
-    def load_init_weights(self, path: str, datamodule: pl.LightningDataModule | None = None) -> None:
+    def load_init_weights(self, path: str, datamodule: pl.LightningDataModule | None = None,
+                          fine_tune: bool = False) -> None:
         """Load ``init_from`` strictly; a Lightning checkpoint of the task loses its ``model.`` prefix. Weights
-        that do not fit name the backbone of the checkpoint they come from, where it says."""
+        that do not fit name the backbone of the checkpoint they come from, where it says.
+
+        With ``fine_tune``, weights trained for another number of labels (classes, keypoints) load all but the
+        head's label layers (``label_layers`` of the network: the layers sized by the label count), which keep
+        their fresh initialization, as torchvision's and Ultralytics' fine-tuning replace the predictor; the
+        layers are named on the console. Without it (validate, test, predict, export) that is an error: a
+        network whose label layers are untrained would be scored or shipped.
+        """
+        state = self.convert_init_weights(path, self.init_state_dict(path), datamodule)
+        fresh = relabelled_keys(self.model, state)
+        if fresh and not fine_tune:
+            raise ValueError(f"model.init_from {path!r} was trained for other labels than this model's "
+                             f"{self.label_count()} (its label layers differ: {fresh[0]} ...): fine-tune it with "
+                             "`fit`, which starts those layers afresh, before validating, testing or exporting")
+        if fresh:
+            prefixes = sorted({next(p for p in self.model.label_layers if k.startswith(p)) for k in fresh})
+            rank_zero_info(f"model.init_from {path}: trained for other labels than this model's "
+                           f"{self.label_count()}; the label layers ({', '.join(p.rstrip('.') for p in prefixes)}: "
+                           f"{len(fresh)} tensors) start afresh, everything else is loaded")
         try:
-            load_weights(self.model, self.convert_init_weights(path, self.init_state_dict(path), datamodule),
-                         repr(path))
+            load_weights(self.model, state, repr(path), drop=fresh)
         except ValueError as err:
             theirs, ours = checkpoint_backbone(path), next(
                 (m.name for m in self.model.modules() if isinstance(m, Backbone)), None)
@@ -202,6 +232,10 @@ class KestrelTask(pl.LightningModule):
                 raise ValueError(f"weights {path!r} are a checkpoint of backbone {theirs!r}, this model's backbone is "
                                  f"{ours!r} (model.backbone.name): {str(err).split(': ', 1)[-1][:300]}") from None
             raise
+
+    def label_count(self) -> str:
+        """What the label layers are sized by, for messages (``4 classes``)."""
+        return f"{len(self.class_names)} classes"
 
     @staticmethod
     def init_state_dict(path: str) -> dict[str, torch.Tensor]:

@@ -57,7 +57,7 @@ class DetectionTask(KestrelTask):
             saved from torchvision's ``ssdlite320_mobilenet_v3_large`` (with torchvision's 91-class
             COCO layout remapped to the data's categories, or any matching class count).
         channels_last: Train, and run for inference, in channels-last memory (faster convolutions on
-            CPUs and GPUs; README, "Speed").
+            CPUs and GPUs; docs/guides/benchmarking.md, "Faster where it is free").
     """
 
     main_metric = "map"
@@ -90,17 +90,11 @@ class DetectionTask(KestrelTask):
         classes = state["head.classification_head.module_list.0.1.bias"].numel() // (
             state["head.regression_head.module_list.0.1.bias"].numel() // 4
         )
-        class_ids = None
-        if classes != self.num_classes + 1:
-            ids = self.category_ids
-            if not (classes == 91 and getattr(datamodule, "format", None) == "coco" and max(ids) < 91):
-                raise ValueError(
-                    f"init_from {path!r}: torchvision's head has {classes} classes with background, this "
-                    f"model {self.num_classes} + 1; only torchvision's 91-class COCO layout can be remapped "
-                    "(onto COCO data's categories)"
-                )
-            class_ids = ids
-        return self.model.from_torchvision(state, class_ids)
+        ids = self.category_ids
+        remap = (classes != self.num_classes + 1 and classes == 91 and getattr(datamodule, "format", None) == "coco"
+                 and max(ids) < 91)
+        # other class layouts keep their rows: fit starts the class layers afresh, test refuses them
+        return self.model.from_torchvision(state, ids if remap else None)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, targets = batch

@@ -56,12 +56,15 @@ class PoseTask(KestrelTask):
         norm_weight_decay: Weight decay of norm weights and biases (None: the optimizer's).
         init_from: Weights for the whole model (a Kestrel checkpoint or state dict).
         channels_last: Train, and run for inference, in channels-last memory (faster convolutions on
-            CPUs and GPUs; README, "Speed").
+            CPUs and GPUs; docs/guides/benchmarking.md, "Faster where it is free").
     """
 
     main_metric = "ap"
     task = "pose"
     description = "pose (top-down SimpleBaseline heatmaps)"
+
+    def label_count(self) -> str:
+        return f"{len(self.keypoint_names)} keypoints"
 
     def __init__(
         self,

@@ -53,7 +53,7 @@ class SegmentationTask(KestrelTask):
         dice_weight: Weight of a Dice loss added to the cross-entropy (0: none).
         init_from: Weights for the whole model (a Kestrel checkpoint or state dict).
         channels_last: Train, and run for inference, in channels-last memory (faster convolutions on
-            CPUs and GPUs; README, "Speed").
+            CPUs and GPUs; docs/guides/benchmarking.md, "Faster where it is free").
     """
 
     main_metric = "miou"

@@ -7,6 +7,7 @@ import pytorch_lightning as pl
 import torch
 
 from backbones import Backbone
+from heads.deeplabv3plus import DeepLabV3Plus
 from heads.pose import SimpleBaseline
 from heads.ssdlite import SSDLite
 from tasks.detect import DetectionTask
@@ -56,3 +57,43 @@ def test_a_checkpoint_asks_for_neither_imagenet_weights_nor_init_from(tmp_path):
     assert hparams["backbone"]["init_args"]["pretrained"] is False and hparams["init_from"] is None
     loaded = DetectionTask.load_from_checkpoint(tmp_path / "task.ckpt")  # offline: would fail fetching weights
     assert loaded.init_from is None
+
+
+@pytest.mark.parametrize("build, labels", [
+    (lambda names: DetectionTask(Backbone("mobilenet_v3_small", levels=[16, 32]), names, image_size=96),
+     ["cat", "dog", "bird"]),
+    (lambda names: SegmentationTask(Backbone("mobilenet_v3_small", levels=[4, 16, 32], output_stride=16), names,
+                                    image_size=64, head=partial(DeepLabV3Plus, aux_level="C4")),
+     ["road", "car", "sky"]),
+    (lambda names: PoseTask(Backbone("mobilenet_v3_small", levels=[32]), names, image_size=(64, 48)),
+     ["nose", "tail", "left_ear", "right_ear"]),
+])
+def test_fine_tuning_on_other_labels_starts_only_the_label_layers_afresh(tmp_path, caplog, build, labels):
+    """fit from weights trained for other labels loads everything but the layers sized by the label count; test,
+    validate and export refuse them, since those layers would be untrained."""
+    trained = build(labels[:2])
+    save(trained, tmp_path / "trained.ckpt")
+    fresh = build(labels)
+    before = {k: v.clone() for k, v in fresh.model.state_dict().items()}
+    fresh.init_from = str(tmp_path / "trained.ckpt")
+    with pytest.raises(ValueError, match="trained for other labels .* fine-tune it with `fit`"):
+        fresh.initialize()
+    with caplog.at_level("INFO"):
+        fresh.initialize(fine_tune=True)
+    assert "the label layers (" in caplog.text and "start afresh, everything else is loaded" in caplog.text
+    prefixes = fresh.model.label_layers
+    ours, theirs = fresh.model.state_dict(), trained.model.state_dict()
+    differ = [k for k in ours if ours[k].shape != theirs[k].shape]
+    assert differ and all(k.startswith(prefixes) for k in differ)
+    assert all(torch.equal(ours[k], before[k]) for k in differ)  # as initialized
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours if k not in differ)  # as trained
+
+
+def test_other_weights_are_not_taken_for_other_labels(tmp_path):
+    """A backbone that differs is an error naming the mismatches, also for fit."""
+    other = DetectionTask(Backbone("mobilenet_v3_small", levels=[16, 32]), ["a"], image_size=96)
+    save(other, tmp_path / "other.ckpt")
+    task = DetectionTask(Backbone("mobilenet_v3_large", levels=[16, 32]), ["a", "b"], image_size=96,
+                         init_from=str(tmp_path / "other.ckpt"))
+    with pytest.raises(ValueError, match="a checkpoint of backbone 'mobilenet_v3_small', this model's backbone is"):
+        task.initialize(fine_tune=True)

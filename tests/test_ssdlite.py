@@ -92,6 +92,24 @@ def test_torchvision_coco_layout_remaps_to_category_ids(images):
     torch.testing.assert_close(ours, theirs[..., [0, *ids]], rtol=0, atol=1e-5)
 
 
+def test_torchvision_coco_weights_fine_tune_onto_other_classes(tmp_path):
+    """torchvision's 91-class COCO head on data with other classes: fit keeps everything but the class layers,
+    which start afresh; test refuses the weights."""
+    reference = torchvision_reference(num_classes=91)
+    path = tmp_path / "ssdlite_coco.pth"
+    torch.save(reference.state_dict(), path)
+    build = partial(DetectionTask, Backbone(**TORCHVISION_LAYOUT), ["apple", "pear"], init_from=str(path))
+    with pytest.raises(ValueError, match="trained for other labels than this model's 2 classes"):
+        build().initialize()
+    task = build()
+    task.initialize(fine_tune=True)
+    theirs = reference.state_dict()
+    ours = task.model.state_dict()
+    assert torch.equal(ours["head.regression_head.module_list.0.1.weight"],
+                       theirs["head.regression_head.module_list.0.1.weight"])
+    assert ours["head.classification_head.module_list.0.1.bias"].numel() == 3 * 6  # 3 labels x 6 default boxes
+
+
 def test_torchvision_weights_need_the_matching_backbone():
     reference = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=3)
     model = SSDLite(Backbone("mobilenet_v3_large", levels=[16, 32], feature_location="expansion"), num_classes=2)
