@@ -5,6 +5,9 @@ stride in ``feature_info``. Build one by name with :func:`build_backbone`; regis
 :func:`register_backbone` or the ``kestrel.backbones`` entry-point group.
 """
 
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
+
 from . import efficientnet, mobilenet, nas, once_for_all  # noqa: F401  (registers the built-ins)
 from ._features import (
     IMAGENET_MEAN,
@@ -32,6 +35,11 @@ from ._timm import TimmBackbone
 from ._torchvision import TorchvisionBackbone
 from .interop import register_smp_encoders, torchvision_backbone
 from .necks import FPN, BackboneWithNeck, SSDLiteExtra
+
+try:
+    __version__ = _version("kestrel-vision")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "ENTRY_POINT_GROUP",

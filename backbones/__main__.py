@@ -1,5 +1,6 @@
 """``python -m backbones``: a table of every registered backbone, its size, cost and levels;
-``python -m backbones pick``: the ones that fit a latency budget with a task's head.
+``python -m backbones pick``: the ones that fit a latency budget with a task's head;
+``python -m backbones --markdown PAGE``: the table also written as a page, with the command, machine and date.
 
 This file is a program, not part of the library: ``pick`` runs the benchmark's picker
 (``tasks.benchmark.pick``), which builds each task's head on every backbone. ``import backbones`` imports
@@ -8,14 +9,16 @@ neither ``heads`` nor ``tasks``."""
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import Pyramid, build_backbone, list_backbones
+from . import Pyramid, __version__, build_backbone, list_backbones
 
 
 def describe(model: Pyramid, size: int) -> dict[str, object]:
@@ -54,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Table of the registered backbones: parameters, GFLOPs at --size (torch's FLOP "
         "counter, which counts a multiply-add as 2 FLOPs) and channels/stride per level.",
     )
+    parser.add_argument("--version", action="version", version=f"kestrel-vision {__version__}")
     parser.add_argument("names", nargs="*", help="backbones to show (default: every registered one); "
                         "timm:<model> works too")
     parser.add_argument("--size", type=int, default=224, help="square input size (default 224)")
@@ -61,27 +65,56 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--feature-location", default="block", choices=("block", "expansion"))
     parser.add_argument("--time", action="store_true",
                         help=f"add the median CPU latency of a batch-1 forward ({torch.get_num_threads()} threads)")
+    parser.add_argument("--markdown", metavar="PAGE",
+                        help="also write the table to PAGE, a markdown page with the command, machine and date")
     args = parser.parse_args(argv)
 
     names = args.names or list_backbones()
-    print(f"Backbones at {args.size}x{args.size}, output stride {args.output_stride}, "
-          f"{args.feature_location} taps. Levels are name:channels/stride. GMACs = GFLOPs / 2.\n")
+    lines = [f"Backbones at {args.size}x{args.size}, output stride {args.output_stride}, "
+             f"{args.feature_location} taps. Levels are name:channels/stride. GMACs = GFLOPs / 2.", ""]
     timed = " ms (batch 1) |" if args.time else ""
-    print("| backbone | params (M) | GFLOPs | GMACs |" + timed + " levels |")
-    print("|---|---:|---:|---:|" + ("---:|" if args.time else "") + "---|")
+    lines += ["| backbone | params (M) | GFLOPs | GMACs |" + timed + " levels |",
+              "|---|---:|---:|---:|" + ("---:|" if args.time else "") + "---|"]
+    print("\n".join(lines))
+    # Only the options asked for, as ``Backbone`` passes them, so that a plugin need not take them all.
+    options = {k: v for k, v in [("output_stride", args.output_stride), ("feature_location", args.feature_location)]
+               if v != parser.get_default(k)}
     for name in names:
         try:
-            model = build_backbone(
-                name, output_stride=args.output_stride, feature_location=args.feature_location
-            )
+            model = build_backbone(name, **options)
         except (ValueError, TypeError, FileNotFoundError) as err:
-            print(f"| {name} | - | - | - |" + (" - |" if args.time else "") + f" cannot build: {err} |")
+            lines.append(f"| {name} | - | - | - |" + (" - |" if args.time else "") + f" cannot build: {err} |")
+            print(lines[-1])
             continue
         row = describe(model, args.size)
         ms = f" {latency_ms(model, args.size):.1f} |" if args.time else ""
-        print(f"| {name} | {row['params']:.2f} | {row['gflops']:.3f} | {row['gflops'] / 2:.3f} |{ms} {row['levels']} |")
+        lines.append(f"| {name} | {row['params']:.2f} | {row['gflops']:.3f} | {row['gflops'] / 2:.3f} |{ms} "
+                     f"{row['levels']} |")
+        print(lines[-1])
+    if args.markdown:
+        write_page(Path(args.markdown), "python -m backbones " + shlex.join(argv), lines)
+        print(f"\nWritten to {args.markdown}")
     return 0
 
+
+def write_page(path: Path, command: str, lines: list[str]) -> None:
+    """The table as a block of a markdown page (``tasks.benchmark.page``), with the command, the machine and the
+    date."""
+    # A program may use the benchmark's page writer and machine description; the library (``import backbones``)
+    # may not.
+    from tasks.benchmark.machine import describe_machine, machine_line
+    from tasks.benchmark.page import write_page as write_block
+
+    text = "\n".join([
+        f"Machine: {machine_line(describe_machine(torch.get_num_threads()))}.",
+        "",
+        *lines,
+        "",
+        "Parameters and cost are the pyramid's, without the classifier. torch's FLOP counter counts a multiply-add "
+        "as two FLOPs; the \"FLOPs\" papers and torchvision give for these models are multiply-adds, the GMACs "
+        "column. Both are counts: they do not depend on the machine, latency does.",
+    ])
+    write_block(path, command, text, title="Backbones: size, cost and levels")
 
 if __name__ == "__main__":
     sys.exit(main())

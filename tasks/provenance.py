@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from torch import nn
+
+from backbones import __version__
 
 
 def backbone_name(network: nn.Module) -> str:
@@ -28,10 +29,7 @@ def file_sha256(path: str | Path) -> str:
 
 def kestrel_version() -> str:
     """The installed version and, in a git checkout, the commit (``+dirty`` with uncommitted changes)."""
-    try:
-        installed = version("kestrel-vision")
-    except PackageNotFoundError:
-        installed = "not installed"
+    installed = __version__
     root = Path(__file__).resolve().parents[1]
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,

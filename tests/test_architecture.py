@@ -24,7 +24,7 @@ ALLOWED = {
     "tasks.deploy.agreement": (),
     "tasks.deploy.quantize": (),
     "tasks.deploy.export": ("backbones", "tasks.deploy", "tasks.provenance"),
-    "tasks.provenance": (),
+    "tasks.provenance": ("backbones",),  # the version
     "tasks.optim": (),
 }
 

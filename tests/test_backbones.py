@@ -275,3 +275,24 @@ def test_expansion_taps_survive_torch_export():
         torch.export.export(Levels(), (x,), strict=False)
         after = backbone(x)
     assert list(after) == ["C4", "C5"] and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_table_written_as_a_markdown_page(tmp_path, capsys):
+    """``python -m backbones --markdown PAGE`` prints the table as before and writes it with its command and machine."""
+    from importlib.metadata import version
+
+    from backbones.__main__ import main
+    from tasks.benchmark.machine import cpu_name
+
+    page = tmp_path / "docs" / "backbones.md"
+    assert main(["--size", "64", "mobilenet_v3_small", "mnasnet_050", "--markdown", str(page)]) == 0
+    printed = capsys.readouterr().out
+    text = page.read_text()
+    assert text.startswith("# ")
+    assert f"`python -m backbones --size 64 mobilenet_v3_small mnasnet_050 --markdown {page}`" in text
+    rows = [line for line in text.splitlines() if line.startswith("| m")]
+    assert [row.split(" | ")[0] for row in rows] == ["| mobilenet_v3_small", "| mnasnet_050"]
+    assert rows[0].startswith("| mobilenet_v3_small | 0.93 |") and rows[0].endswith("C5:576/32 |")
+    assert all(row in printed for row in rows)
+    machine = next(line for line in text.splitlines() if line.startswith("Machine: "))
+    assert cpu_name() in machine and f"torch {version('torch')}" in machine

@@ -13,6 +13,7 @@ from PIL import Image
 from tasks.benchmark import grid, machine_line, run, training
 from tasks.benchmark.__main__ import main
 from tasks.benchmark.machine import describe_machine, has_int8_instructions
+from tasks.benchmark.page import write_page
 from tasks.benchmark.subjects import reference_subject
 from tasks.benchmark.timing import interleaved, summary
 from tasks.detect import cli_main
@@ -138,3 +139,36 @@ def test_command_line_errors(capsys):
         with pytest.raises(SystemExit):
             main(wrong)
         assert "error:" in capsys.readouterr().err
+
+
+def test_a_page_keeps_each_commands_block_and_the_text_around_it(tmp_path):
+    page = tmp_path / "docs" / "bench.md"
+    write_page(page, "python -m tasks.benchmark a.yaml", "# Kestrel benchmark\n\n| a |\n\n![pareto](pareto.png)\n",
+               files="runs/benchmark", date="2026-12-07")
+    text = page.read_text()
+    assert text.startswith("# Kestrel benchmark\n") and "## Kestrel benchmark" in text
+    assert "Written by `python -m tasks.benchmark a.yaml` on 2026-12-07." in text
+    assert "The plot: `runs/benchmark/pareto.png`." in text and "![" not in text
+    page.write_text(text.replace("# Kestrel benchmark\n", "# Kestrel benchmark\n\nBy hand.\n", 1) + "\nAfter.\n")
+    write_page(page, "python -m tasks.benchmark training", "| rates |", title="Training speed")
+    write_page(page, "python -m tasks.benchmark a.yaml", "# Kestrel benchmark\n\n| b |\n")
+    text = page.read_text()
+    assert "| a |" not in text and text.index("| b |") < text.index("After.") < text.index("## Training speed")
+    assert "By hand." in text and text.count("<!-- written by: python -m tasks.benchmark a.yaml -->") == 1
+
+
+def test_markdown_option_writes_the_tables_with_machine_and_command(tmp_path, capsys):
+    config = tmp_path / "pose_tiny.yaml"
+    section = yaml.safe_load((DEMO_CONFIGS / "pose_mbv2_shapes.yaml").read_text())
+    section["data"].update(root=str(tmp_path / "nothing_here"), image_size=[64, 64])
+    section["trainer"]["default_root_dir"] = str(tmp_path / "no_runs")
+    config.write_text(yaml.safe_dump(section))
+    page = tmp_path / "page.md"
+    argv = [str(config), "--runtimes", "eager", "--no-references", "--batch", "1", "--repeats", "1", "--threads", "1",
+            "--out", str(tmp_path / "bench"), "--markdown", str(page)]
+    assert main(argv) == 0
+    text = page.read_text()
+    assert f"Written by `python -m tasks.benchmark {' '.join(argv)}` on " in text
+    assert "Machine: " in text and "1 thread(s) used" in text and "| pose_tiny | PyTorch eager |" in text
+    assert (tmp_path / "bench" / "benchmark.md").read_text().split("Machine: ")[1] in text.replace(
+        f"The plot: `{tmp_path / 'bench' / 'pareto.png'}`.", "![pareto](pareto.png)")

@@ -1,12 +1,17 @@
-"""``python -m tasks.benchmark [--grid | training | runtimes | quantization | pick]``; see ``tasks.benchmark``."""
+"""``python -m tasks.benchmark [--grid | training | runtimes | quantization | pick]``; see ``tasks.benchmark``.
+
+``--markdown PATH`` (every command but ``pick``) also puts what the command wrote into a documentation page, with
+the command line, the machine and the date (``tasks.benchmark.page``)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from . import __doc__ as overview
+from .page import command_line, write_page
 from .run import DEFAULT_CONFIGS
 from .subjects import RUNTIMES
 
@@ -33,7 +38,22 @@ def _main_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grid", action="store_true", help="the width x resolution grid of SSDLite on MobileNetV2 "
                         "and V3 instead (see --grid-runtime)")
     parser.add_argument("--grid-runtime", default="onnx", choices=("eager", "onnx"))
+    _markdown_option(parser)
     return parser
+
+
+def _markdown_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--markdown", metavar="PATH", help="also write the tables into this markdown page (e.g. "
+                        "docs/benchmarks/demo.md), with this command line, the machine and the date; a rerun of the "
+                        "same command replaces its own block of the page")
+
+
+def _recorder(printed: list[str]) -> Callable[[str], None]:
+    """``print``, keeping what was printed."""
+    def say(text: str) -> None:
+        print(text)
+        printed.append(text)
+    return say
 
 
 def _training(argv: list[str]) -> None:
@@ -47,8 +67,12 @@ def _training(argv: list[str]) -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--out", default="runs/benchmark/training")
+    _markdown_option(parser)
     args = parser.parse_args(argv)
-    training(Path(args.config), args.steps, args.warmup, Path(args.out))
+    printed: list[str] = []
+    training(Path(args.config), args.steps, args.warmup, Path(args.out), say=_recorder(printed))
+    if args.markdown:
+        _write(args.markdown, ["training", *argv], "\n".join(printed), title="Training speed")
 
 
 def _runtimes(argv: list[str]) -> None:
@@ -63,11 +87,16 @@ def _runtimes(argv: list[str]) -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=20)
+    _markdown_option(parser)
     args = parser.parse_args(argv)
+    printed: list[str] = []
     try:
-        runtimes(args.checkpoint, args.exported, tuple(args.size), args.batch, args.threads, args.repeats)
+        runtimes(args.checkpoint, args.exported, tuple(args.size), args.batch, args.threads, args.repeats,
+                 say=_recorder(printed))
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
+    if args.markdown:
+        _write(args.markdown, ["runtimes", *argv], "\n".join(printed), title="A checkpoint beside its exported files")
 
 
 def _quantization(argv: list[str]) -> None:
@@ -83,11 +112,14 @@ def _quantization(argv: list[str]) -> None:
                         help="the detection recipe (default: the demo detector's)")
     parser.add_argument("--epochs", type=int, help="training epochs (default: the config's)")
     parser.add_argument("--out", default="runs/benchmark/quantization")
+    _markdown_option(parser)
     args = parser.parse_args(argv)
     try:
         quantization(Path(args.config), args.backbones, Path(args.out), args.epochs)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         parser.error(str(err))
+    if args.markdown:
+        _write(args.markdown, ["quantization", *argv], (Path(args.out) / "quantization.md").read_text())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         from .grid import grid
 
         grid(runtime=args.grid_runtime, batches=args.batch, repeats=args.repeats, threads=args.threads, out=args.out)
+        if args.markdown:
+            _write(args.markdown, argv, (Path(args.out) / "grid.md").read_text())
         return 0
     from .run import run
 
@@ -122,7 +156,16 @@ def main(argv: list[str] | None = None) -> int:
             args.calibration_images, not args.no_accuracy, args.out)
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
+    if args.markdown:
+        names = ", ".join(Path(c).stem for c in args.configs) if args.configs else "the default configs"
+        _write(args.markdown, argv, (Path(args.out) / "benchmark.md").read_text(), title=f"Kestrel benchmark: {names}",
+               files=args.out)
     return 0
+
+
+def _write(path: str, argv: list[str], markdown: str, title: str | None = None, files: str | None = None) -> None:
+    written = write_page(path, command_line(argv), markdown, title=title, files=files)
+    print(f"Wrote {written}")
 
 
 if __name__ == "__main__":

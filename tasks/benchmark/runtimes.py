@@ -33,8 +33,8 @@ def runtimes(checkpoint: str | Path, files: Sequence[str | Path], size: tuple[in
     generator = torch.Generator().manual_seed(0)
     inputs = {b: torch.randint(0, 256, (b, 3, height, width), dtype=torch.uint8, generator=generator) for b in batches}
     times = interleaved(models, {name: inputs for name in models}, repeats)
-    say(f"{machine_line(describe_machine(threads))}\n\ninput uint8 {height}x{width}, pre- and post-processing "
-        f"included; median (25th-75th percentile) of {repeats} calls, models taking turns\n")
+    say(f"Machine: {machine_line(describe_machine(threads))}.\n\ninput uint8 {height}x{width}, pre- and "
+        f"post-processing included; median (25th-75th percentile) of {repeats} calls, models taking turns\n")
     header = ["runtime", "file size (MB)", *(f"batch {b} (ms)" for b in batches)]
     say("| " + " | ".join(header) + " |\n|---|" + "---:|" * (len(header) - 1))
     checkpoint_mb = sum(p.numel() * p.element_size() for p in task.model.state_dict().values()) / 1e6

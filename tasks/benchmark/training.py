@@ -23,6 +23,7 @@ import pytorch_lightning as pl
 import torch
 
 from ..from_config import config_task, data_from_config, task_from_config, task_module
+from .machine import describe_machine, machine_line
 
 
 class StepTimer(pl.Callback):
@@ -132,6 +133,7 @@ def training(config: Path, steps: int, warmup: int, root: Path, say=print) -> di
     for channels_last in (False, True):
         label = f"python -m tasks.{task} fit (real loader, {workers} worker(s)), channels_last {channels_last}"
         rates[label] = fit_rate(config, steps, warmup, root / f"channels_last_{channels_last}", channels_last)
+    say(f"Machine: {machine_line(describe_machine(torch.get_num_threads()))}.\n")
     say(f"{config}: batch {data.batch_size}, {data.image_size} px, {torch.get_num_threads()} thread(s), "
         f"{steps} steps after {warmup} of warm-up\n")
     say("| what | images/s |\n|---|---:|")
