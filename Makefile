@@ -12,14 +12,14 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 DEMO_DATA := data/shapes
 DEMO_CONFIG := configs/demo/ssdlite_mbv3_shapes.yaml
 
-.PHONY: install test test-all demo demo-export demo-int8 demo-segment demo-pose demo-ssdlite320 bench bench-grid bench-int8-backbones lint clean
+.PHONY: install test test-all docs docs-serve demo demo-export demo-int8 demo-segment demo-pose demo-ssdlite320 bench bench-grid bench-int8-backbones lint clean
 
 install: $(STAMP)
 
 # Re-runs only when the dependencies change; `make install` is otherwise instant.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,openvino,ofa]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,docs,openvino,ofa]'
 	touch $(STAMP)
 
 test: install  ## the suite CI runs (slow checks excluded)
@@ -27,6 +27,12 @@ test: install  ## the suite CI runs (slow checks excluded)
 
 test-all: install  ## every test, slow ones included
 	$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+
+docs: install  ## the documentation site in site/ (--strict: a broken link or API reference fails)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+docs-serve: install  ## the documentation site at http://127.0.0.1:8000, rebuilt on every change
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
 
 $(DEMO_DATA)/coco/annotations/instances_val2017.json: | install
 	$(PY) -m tasks.data.synthetic --out $(DEMO_DATA)
@@ -80,19 +86,19 @@ demo-ssdlite320: install $(DEMO_DATA)/coco/annotations/instances_val2017.json  #
 	$(PY) -m tasks.detect test --config configs/demo/ssdlite320_mbv3_shapes.yaml --ckpt_path best
 
 # Every demo model in every runtime beside torchvision's references; trained ones (make demo, demo-segment, demo-pose,
-# demo-ssdlite320) are scored too. Writes runs/benchmark/benchmark.{md,json} and pareto.png.
+# demo-ssdlite320) are scored too. Writes runs/benchmark/benchmark.{md,json} and pareto.png, and its tables into docs/benchmarks/demo.md.
 BENCH_CONFIGS := configs/demo/ssdlite_mbv3_shapes.yaml configs/demo/ssdlite320_mbv3_shapes.yaml \
 	configs/demo/deeplabv3plus_mbv2_shapes.yaml configs/demo/pose_mbv2_shapes.yaml
 
 bench: install $(DEMO_DATA)/coco/annotations/instances_val2017.json  ## speed and accuracy, measured (never asserted in tests)
-	$(PY) -m tasks.benchmark $(BENCH_CONFIGS) --ckpt_path best
-	$(PY) -m tasks.benchmark training
+	$(PY) -m tasks.benchmark $(BENCH_CONFIGS) --ckpt_path best --markdown docs/benchmarks/demo.md
+	$(PY) -m tasks.benchmark training --markdown docs/benchmarks/demo.md
 
 bench-grid: install  ## SSDLite on MobileNetV2 / V3: width multiplier x input resolution
-	$(PY) -m tasks.benchmark --grid
+	$(PY) -m tasks.benchmark --grid --markdown docs/benchmarks/demo.md
 
 bench-int8-backbones: install $(DEMO_DATA)/coco/annotations/instances_val2017.json  ## fp32 vs INT8 mAP of SSDLite on MobileNetV1/V2/V3/EfficientNet-Lite0 (50 min)
-	$(PY) -m tasks.benchmark quantization
+	$(PY) -m tasks.benchmark quantization --markdown docs/benchmarks/int8-backbones.md
 
 lint: install
 	$(VENV)/bin/ruff check .

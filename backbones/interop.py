@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -55,7 +56,7 @@ def torchvision_backbone(
     out_channels: int = 256,
     levels: Sequence[int] = (4, 8, 16, 32),
     extra_pool: bool = True,
-    **options,
+    **options: Any,
 ) -> BackboneWithFPN:
     """Build backbone ``name`` with an FPN for torchvision's detection models.
 
@@ -112,7 +113,7 @@ def _smp_encoder_class():
     return KestrelSmpEncoder
 
 
-def register_smp_encoders(names: Sequence[str] | None = None, **options) -> list[str]:
+def register_smp_encoders(names: Sequence[str] | None = None, **options: Any) -> list[str]:
     """Register Kestrel backbones as segmentation_models_pytorch encoders named ``kestrel-<name>``.
 
     smp fetches pretrained weights from its own hub by name, which knows nothing of Kestrel, so build

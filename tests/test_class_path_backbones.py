@@ -1,14 +1,9 @@
-"""A backbone module from any importable package, given by ``class_path``, and the README's examples."""
-
-import re
-from pathlib import Path
+"""A backbone module from any importable package, given by ``class_path``."""
 
 import pytest
 from cli_runs import demo_args
 
 from tasks.detect import cli_main
-
-ROOT = Path(__file__).parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -34,18 +29,3 @@ def test_a_class_path_backbone_that_breaks_the_contract_is_told_what_is_missing(
     with pytest.raises((TypeError, ValueError), match=message):
         cli_main(["fit", *_args(data, tmp_path, f'{{"class_path": "example_backbones.{name}"}}')])
 
-
-def _readme_examples(section: str) -> list[str]:
-    readme = (ROOT / "README.md").read_text()
-    start = readme.index(f"\n## {section}\n")
-    end = readme.find("\n## ", start + 1)
-    return re.findall(r"```python\n(.*?)```", readme[start:end if end > 0 else None], flags=re.S)
-
-
-@pytest.mark.parametrize("section", ["Use Kestrel backbones in your repo", "Plug your backbone into Kestrel"])
-def test_readme_examples_run(section, monkeypatch):
-    monkeypatch.chdir(ROOT)
-    examples = _readme_examples(section)
-    assert examples
-    for code in examples:
-        exec(compile(code, f"README.md ({section})", "exec"), {"__name__": "readme_example"})

@@ -6,7 +6,7 @@ the network takes them: uint8, any size). Only the convolutions and matrix produ
 everything around them (input scaling and resizing, box decoding, NMS, argmax, heatmap decoding)
 stays in float, so a quantized model's outputs keep the float model's geometry.
 
-The defaults were measured on the demo detector (README, "INT8"): ranges from the 99.999th
+The defaults were measured on the demo detector (docs/benchmarks/int8-backbones.md): ranges from the 99.999th
 percentile rather than the extremes (``calibration``), and the first convolution, which sees raw
 pixels, and the last ones, which produce the predictions (scores, box offsets, heatmaps, class
 logits), kept in float (``keep_float``).
