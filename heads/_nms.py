@@ -60,3 +60,46 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, max_per_class: int, i
         ``(M, 3)`` int64 rows ``(image, class, box)``, as ONNX's ``NonMaxSuppression``.
     """
     return _BatchedNMS.apply(boxes, scores, max_per_class, iou_threshold, score_threshold)
+
+
+def pairwise_overlap(boxes: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """``(K, K)`` bool: whether box ``j`` overlaps box ``i`` by more IoU than ``iou_threshold``, with the arithmetic of
+    torchvision's NMS kernel (intersection over ``area_i + area_j - intersection``, in the boxes' dtype), so that a
+    pair at the threshold falls on the same side."""
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    area = (x2 - x1) * (y2 - y1)
+    width = (torch.minimum(x2[:, None], x2[None]) - torch.maximum(x1[:, None], x1[None])).clamp(min=0)
+    height = (torch.minimum(y2[:, None], y2[None]) - torch.maximum(y1[:, None], y1[None])).clamp(min=0)
+    inter = width * height
+    return inter / (area[:, None] + area[None] - inter) > iou_threshold
+
+
+def fixed_shape_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
+                    iou_threshold: float) -> torch.Tensor:
+    """Greedy per-class NMS over ``K`` candidates with every shape fixed, for graphs that ``torch.export`` traces
+    (LiteRT, ExecuTorch, Core ML have no NMS operator that takes a data-dependent box count).
+
+    The result is exactly torchvision's ``batched_nms`` on the valid candidates, not Fast-NMS's approximation: the
+    candidates are visited in descending score (ties in their given order, as torchvision's stable sort), and each
+    one that is valid and not yet suppressed is kept and suppresses the later ones of its class it overlaps. The
+    visit is a loop of ``K`` steps, unrolled when traced; ``K`` is the caller's candidate budget.
+
+    Args:
+        boxes: ``(K, 4)`` corner boxes ``x1, y1, x2, y2``.
+        scores: ``(K,)``.
+        labels: ``(K,)`` class of each box: boxes of different classes never suppress each other.
+        valid: ``(K,)`` bool: candidates that take part (padding and scores under the threshold do not).
+        iou_threshold: A box overlapping a kept one of its class by more IoU than this is dropped.
+
+    Returns:
+        ``(K,)`` bool: which candidates NMS keeps, in the given order.
+    """
+    order = torch.sort(scores, descending=True, stable=True).indices
+    boxes, labels, valid = boxes[order], labels[order], valid[order]
+    count = boxes.shape[0]
+    later = torch.ones(count, count, dtype=torch.bool, device=boxes.device).triu(1)
+    suppresses = pairwise_overlap(boxes, iou_threshold) & (labels[:, None] == labels[None]) & later
+    suppressed = ~valid
+    for i in range(count):
+        suppressed = suppressed | (suppresses[i] & ~suppressed[i])
+    return torch.zeros_like(valid).scatter(0, order, ~suppressed)
