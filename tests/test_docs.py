@@ -142,7 +142,7 @@ def _run(command: str, cwd: Path, env: dict[str, str], where: str) -> None:
                                  capture_output=True, text=True)
         assert printed.returncode == 0, f"{where}: `{command}`: {printed.stderr}"
         for line in _commands(printed.stdout):
-            if line.startswith("make:"):  # "Nothing to be done for ..."
+            if re.match(r"make(\[\d+\])?:", line):  # "Nothing to be done for ..."
                 continue
             _run(line, cwd, env, f"{where} ({command})")
         return
@@ -151,9 +151,12 @@ def _run(command: str, cwd: Path, env: dict[str, str], where: str) -> None:
     assert done.returncode == 0, f"{where}: `{command}` exited with {done.returncode}:\n{done.stdout}{done.stderr}"
 
 
-def _weights(home: Path) -> None:
-    """The files the docs load from the torch hub cache, in their published layout, with random weights."""
-    checkpoints = home / ".cache" / "torch" / "hub" / "checkpoints"
+@pytest.fixture(scope="session")
+def weight_cache(tmp_path_factory) -> Path:
+    """A ``.cache`` folder whose torch hub cache holds the files the docs load, in their published layout, with
+    random weights; written once per test run."""
+    cache = tmp_path_factory.mktemp("home") / ".cache"
+    checkpoints = cache / "torch" / "hub" / "checkpoints"
     checkpoints.mkdir(parents=True)
     detector = torchvision.models.detection.ssdlite320_mobilenet_v3_large(weights_backbone=None, num_classes=91)
     torch.save(detector.state_dict(), checkpoints / "ssdlite320_mobilenet_v3_large_coco-a79551df.pth")
@@ -161,6 +164,7 @@ def _weights(home: Path) -> None:
     for weights, build in [(models.MobileNet_V3_Large_Weights.DEFAULT, models.mobilenet_v3_large),
                            (models.MobileNet_V2_Weights.DEFAULT, models.mobilenet_v2)]:
         torch.save(build().state_dict(), checkpoints / os.path.basename(weights.url))
+    return cache
 
 
 def _voc(shapes: Path, root: Path) -> None:
@@ -190,7 +194,7 @@ def _roboflow(shapes: Path, export: Path) -> None:
 
 
 @pytest.fixture
-def sandbox(tmp_path, shapes, monkeypatch):
+def sandbox(tmp_path, shapes, weight_cache, monkeypatch):
     """A checkout after ``make install``, with the tiny data at the docs' paths; the current folder for the test."""
     for name in ("configs", "Makefile", "pyproject.toml", "constraints.txt", ".venv", "backbones", "heads", "tasks",
                  "hubconf.py"):
@@ -206,7 +210,8 @@ def sandbox(tmp_path, shapes, monkeypatch):
     for image in sorted((shapes / "coco" / "val2017").iterdir())[:3]:
         shutil.copy(image, tmp_path / "my_photos" / image.name)
     home = tmp_path / "home"
-    _weights(home)
+    home.mkdir()
+    (home / ".cache").symlink_to(weight_cache)
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("TORCH_HOME", str(home / ".cache" / "torch"))
     monkeypatch.setenv("PATH", f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}")
@@ -225,7 +230,7 @@ def _page_params():
 def test_every_example_runs(page, sandbox):
     name = page.relative_to(ROOT).as_posix()
     namespace = {"__name__": "__main__"}
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}  # not make's child
     for line, language, code in _blocks(page):
         where = f"{name}:{line}"
         if language in ("bash", "sh", "shell"):
