@@ -13,6 +13,7 @@ to the input's pixels. Its detections equal torchvision's on the same weights (t
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Mapping, Sequence
 from functools import partial
@@ -29,7 +30,7 @@ from torchvision.ops.boxes import clip_boxes_to_image
 from backbones import BackboneWithNeck, Pyramid, SSDLiteExtra
 
 from ._input import ImageInput, check_images, image_size
-from ._nms import batched_nms
+from ._nms import batched_nms, fixed_shape_nms
 
 _IGNORED = "num_batches_tracked"
 _TORCHVISION_LAYOUT = (
@@ -128,6 +129,23 @@ class SSDLite(SSD):
         self.num_classes = num_classes
         self.image_size = image_size
         self.input = ImageInput(self.transform.image_mean, self.transform.image_std, "SSDLite")
+        self.fixed_candidates: int | None = None  # see fixed_shapes()
+
+    @contextlib.contextmanager
+    def fixed_shapes(self, candidates: int | None = None):
+        """Within this context the post-processing has no data-dependent shape, so that ``torch.export`` traces the
+        whole detector for runtimes without an NMS operator (LiteRT, ExecuTorch, Core ML): the ``candidates`` best
+        class scores of each image (default ``detections_per_img``) go through :func:`fixed_shape_nms`.
+
+        Its detections are the usual ones, best first, up to the budget: NMS keeps or drops a box by the boxes that
+        score higher only, so the kept boxes among the best ``candidates`` are exactly the first of the usual
+        result; when NMS drops some of them, fewer rows are filled (``num_detections`` says how many)."""
+        previous = self.fixed_candidates
+        self.fixed_candidates = candidates or self.detections_per_img
+        try:
+            yield self
+        finally:
+            self.fixed_candidates = previous
 
     def forward(self, images: torch.Tensor | list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None):
         if self.training:
@@ -165,6 +183,8 @@ class SSDLite(SSD):
         candidates = min(self.topk_candidates, count)
         best, index = scores.topk(candidates, dim=-1)
         scores = torch.zeros_like(scores).scatter(-1, index, best)
+        if self.fixed_candidates is not None:
+            return self._fixed_shape_detections(boxes, scores, sizes)
         selected = batched_nms(boxes, scores, candidates, self.nms_thresh, self.score_thresh)
         image, label, box = selected[:, 0], selected[:, 1], selected[:, 2]
         flat = scores.new_full((n, scores.shape[1] * count), -1.0)
@@ -177,6 +197,30 @@ class SSDLite(SSD):
             "boxes": boxes * scale * found[..., None],
             "scores": score * found,
             "labels": torch.where(found, torch.div(index, count, rounding_mode="floor") + 1, 0),
+            "num_detections": found.sum(1),
+        }
+
+    def _fixed_shape_detections(self, boxes: torch.Tensor, scores: torch.Tensor, sizes: torch.Tensor
+                                ) -> dict[str, torch.Tensor]:
+        """:meth:`postprocess` after the per-class candidates, with every shape fixed (:meth:`fixed_shapes`)."""
+        n, classes, count = scores.shape
+        budget = min(self.fixed_candidates, classes * count)
+        score, index = scores.flatten(1).topk(budget, dim=1)  # (N, K): the best class scores of each image
+        label, box = torch.div(index, count, rounding_mode="floor"), index % count
+        boxes = boxes.gather(1, box[..., None].expand(-1, -1, 4))
+        keep = torch.stack([fixed_shape_nms(boxes[i], score[i], label[i], score[i] > self.score_thresh,
+                                            self.nms_thresh) for i in range(n)])
+        kept, order = torch.where(keep, score, -1.0).topk(budget, dim=1)  # kept first, best first
+        found = kept > self.score_thresh
+        rows = min(self.detections_per_img, budget)
+        found, order = found[:, :rows], order[:, :rows]
+        boxes = boxes.gather(1, order[..., None].expand(-1, -1, 4))
+        scale = (sizes.flip(-1) / self.image_size).repeat(1, 2)[:, None]
+        pad = self.detections_per_img - rows  # the usual (N, detections_per_img) outputs
+        return {
+            "boxes": F.pad(boxes * scale * found[..., None], (0, 0, 0, pad)),
+            "scores": F.pad(score.gather(1, order) * found, (0, pad)),
+            "labels": F.pad(torch.where(found, label.gather(1, order) + 1, 0), (0, pad)),
             "num_detections": found.sum(1),
         }
 

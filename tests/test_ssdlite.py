@@ -150,3 +150,47 @@ def test_ssdlite_arguments():
         SSDLite(build_backbone("mobilenet_v3_small", levels=(16, 32)), num_classes=3, num_levels=3)
     model = SSDLite(build_backbone("mobilenet_v2"), num_classes=3, num_levels=3)
     assert model.backbone.feature_info.names() == ["C3", "C4", "C5", "C6", "C7", "C8", "C9"]
+
+
+@pytest.fixture(scope="module")
+def detector():
+    """SSDLite on torchvision's layout with weights whose scores spread (see ``torchvision_reference``)."""
+    model = SSDLite(Backbone(**TORCHVISION_LAYOUT), num_classes=6, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    model.load_state_dict(model.from_torchvision(torchvision_reference(num_classes=7).state_dict()))
+    return model.eval()
+
+
+def _rows(detections, image, count):
+    """The first ``count`` detections of an image as sortable rows (ties in score may come in either order)."""
+    return sorted(zip(detections["scores"][image, :count].tolist(), detections["labels"][image, :count].tolist(),
+                      detections["boxes"][image, :count].tolist()))
+
+
+def test_fixed_shapes_give_the_usual_detections_best_first(detector):
+    """NMS keeps a box by the boxes that score higher only, so the fixed-shape path's detections are the first of
+    the usual ones."""
+    images = torch.randint(0, 256, (2, 3, 240, 320), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        usual = detector(images)
+        for budget in (None, 50):
+            with detector.fixed_shapes(budget):
+                fixed = detector(images)
+            assert fixed["boxes"].shape == usual["boxes"].shape
+            for image in range(2):
+                count = int(fixed["num_detections"][image])
+                assert 0 < count <= int(usual["num_detections"][image]) and count <= (budget or 300)
+                assert _rows(fixed, image, count) == _rows(usual, image, count)
+                assert fixed["scores"][image, count:].eq(0).all() and fixed["labels"][image, count:].eq(0).all()
+    assert detector.fixed_candidates is None  # the context restores the usual path
+
+
+@pytest.mark.slow
+def test_torch_export_traces_the_whole_detector_with_fixed_shapes(detector):
+    images = torch.randint(0, 256, (1, 3, 240, 320), dtype=torch.uint8)
+    with torch.no_grad(), detector.fixed_shapes(100):
+        exported = torch.export.export(detector, (images,))
+        other = torch.randint(0, 256, (1, 3, 240, 320), dtype=torch.uint8)
+        expected = detector(other)
+    found = exported.module()(other)
+    for key in ("boxes", "scores", "labels", "num_detections"):
+        torch.testing.assert_close(found[key], expected[key])
