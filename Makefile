@@ -4,8 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kestrel-installed
 PYTEST_ARGS ?=
-# pytest-xdist workers: each runs one thread (tests/conftest.py), so workers = the cores
+# pytest-xdist workers: each runs one thread (tests/conftest.py), so workers = the cores; an idle one steals work
 PYTEST_WORKERS ?= 2
+PYTEST_XDIST = -n $(PYTEST_WORKERS) $(if $(filter 0,$(PYTEST_WORKERS)),,--dist worksteal)
 
 export NO_ALBUMENTATIONS_UPDATE := 1
 
@@ -23,10 +24,10 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 test: install  ## the suite CI runs (slow checks excluded)
-	$(PY) -m pytest -m "not slow" -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 test-all: install  ## every test, slow ones included
-	$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 docs: install  ## the documentation site in site/ (--strict: a broken link or API reference fails)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict

@@ -216,7 +216,10 @@ def sandbox(tmp_path, shapes, weight_cache, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(home / ".cache" / "torch"))
     monkeypatch.setenv("PATH", f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.chdir(tmp_path)
+    previous = torch.hub.get_dir()  # set by an earlier test, it would win over TORCH_HOME
+    torch.hub.set_dir(str(home / ".cache" / "torch" / "hub"))
     yield tmp_path
+    torch.hub.set_dir(previous)
 
 
 def _page_params():
