@@ -80,26 +80,24 @@ def fixed_shape_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Ten
     (LiteRT, ExecuTorch, Core ML have no NMS operator that takes a data-dependent box count).
 
     The result is exactly torchvision's ``batched_nms`` on the valid candidates, not Fast-NMS's approximation: the
-    candidates are visited in descending score (ties in their given order, as torchvision's stable sort), and each
-    one that is valid and not yet suppressed is kept and suppresses the later ones of its class it overlaps. The
-    visit is a loop of ``K`` steps, unrolled when traced; ``K`` is the caller's candidate budget.
+    candidates, given best first (as ``topk`` returns them; sorting is no core ATen operator), are visited in
+    order, and each one that is valid and not yet suppressed is kept and suppresses the later ones of its class it
+    overlaps. The visit is a loop of ``K`` steps, unrolled when traced; ``K`` is the caller's candidate budget.
 
     Args:
         boxes: ``(K, 4)`` corner boxes ``x1, y1, x2, y2``.
-        scores: ``(K,)``.
+        scores: ``(K,)``, in descending order.
         labels: ``(K,)`` class of each box: boxes of different classes never suppress each other.
         valid: ``(K,)`` bool: candidates that take part (padding and scores under the threshold do not).
         iou_threshold: A box overlapping a kept one of its class by more IoU than this is dropped.
 
     Returns:
-        ``(K,)`` bool: which candidates NMS keeps, in the given order.
+        ``(K,)`` bool: which candidates NMS keeps.
     """
-    order = torch.sort(scores, descending=True, stable=True).indices
-    boxes, labels, valid = boxes[order], labels[order], valid[order]
     count = boxes.shape[0]
     later = torch.ones(count, count, dtype=torch.bool, device=boxes.device).triu(1)
     suppresses = pairwise_overlap(boxes, iou_threshold) & (labels[:, None] == labels[None]) & later
     suppressed = ~valid
     for i in range(count):
         suppressed = suppressed | (suppresses[i] & ~suppressed[i])
-    return torch.zeros_like(valid).scatter(0, order, ~suppressed)
+    return ~suppressed

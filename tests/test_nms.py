@@ -8,6 +8,12 @@ from torchvision.ops import batched_nms
 from heads._nms import fixed_shape_nms
 
 
+def best_first(boxes, scores, labels, valid):
+    """The candidates in descending score, ties in their order, as ``fixed_shape_nms`` takes them."""
+    order = torch.sort(scores, descending=True, stable=True).indices
+    return boxes[order], scores[order], labels[order], valid[order]
+
+
 def reference(boxes, scores, labels, valid, iou_threshold):
     """torchvision's result as a mask over the candidates."""
     index = valid.nonzero()[:, 0]
@@ -38,6 +44,7 @@ def candidates(draw):
 @given(candidates())
 def test_fixed_shape_nms_is_torchvisions(case):
     boxes, scores, labels, valid, threshold = case
+    boxes, scores, labels, valid = best_first(boxes, scores, labels, valid)
     assert torch.equal(fixed_shape_nms(boxes, scores, labels, valid, threshold),
                        reference(boxes, scores, labels, valid, threshold))
 
@@ -50,7 +57,7 @@ def test_fixed_shape_nms_on_many_random_candidates():
         boxes = torch.cat([corner, corner + torch.rand(300, 2, generator=generator) * 80 + 1], 1)
         scores = torch.rand(300, generator=generator)
         labels = torch.randint(0, 5, (300,), generator=generator)
-        valid = scores > 0.05
+        boxes, scores, labels, valid = best_first(boxes, scores, labels, scores > 0.05)
         assert torch.equal(fixed_shape_nms(boxes, scores, labels, valid, 0.55),
                            reference(boxes, scores, labels, valid, 0.55))
 
@@ -58,7 +65,8 @@ def test_fixed_shape_nms_on_many_random_candidates():
 def test_torch_export_traces_it_with_fixed_shapes():
     class Suppress(torch.nn.Module):
         def forward(self, boxes, scores, labels):
-            return fixed_shape_nms(boxes, scores, labels, scores > 0.2, 0.5)
+            scores, order = scores.topk(scores.shape[0])
+            return fixed_shape_nms(boxes[order], scores, labels[order], scores > 0.2, 0.5)
 
     corner = torch.rand(32, 2) * 50
     inputs = (torch.cat([corner, corner + 20], 1), torch.rand(32), torch.randint(0, 3, (32,)))
