@@ -8,7 +8,9 @@ the weight files the docs name, written by the test (random weights in the publi
 ``bash`` blocks run in order, one command at a time; its ``python`` blocks run in one namespace, in order with
 the commands. ``python -m`` commands run in this process (``runpy``), each with the options below appended so that
 a fit is two steps on the CPU and a benchmark one timed call; ``make TARGET`` runs the commands ``make -n TARGET``
-prints, the same way. Commands in ``NOT_RUN`` are left out, each for the reason given. ``text``, ``yaml`` and
+prints, the same way; a ``python -m`` command the page has run already (the README shows what ``make demo`` runs) is
+not run twice. The quick options set the trainer to one CPU device, so a config's GPU settings are not what these
+tests check. Commands in ``NOT_RUN`` are left out, each for the reason given. ``text``, ``yaml`` and
 ``toml`` blocks are shown, not run.
 """
 
@@ -123,11 +125,17 @@ def _run_module(module: str, args: list[str], where: str) -> None:
         sys.argv = argv
 
 
-def _run(command: str, cwd: Path, env: dict[str, str], where: str) -> None:
+def _run(command: str, cwd: Path, env: dict[str, str], where: str, ran: set[str]) -> None:
+    """Run one command of a page; ``ran`` holds the page's ``python -m`` commands so far, and one that a page (or a
+    ``make`` target it ran) has run already is not run again (the README shows what ``make demo`` runs)."""
     command, _, output = command.partition(" > ")  # `python -m ... > file`: its output written to file
     match = _PYTHON_M.match(command)
     if match and not re.search(r"[;&|<>]", re.sub(r"\$\([^()]*\)", "", command)):  # pipes inside $(...) are fine
         module, rest = match.group(1), match.group(2) or ""
+        key = f"{module} {' '.join(rest.split())} > {output.strip()}"
+        if key in ran:
+            return
+        ran.add(key)
         args = _expand(rest, cwd, env) if rest else []
         if output:
             with open(cwd / output.strip(), "w") as file, contextlib.redirect_stdout(file):
@@ -144,7 +152,7 @@ def _run(command: str, cwd: Path, env: dict[str, str], where: str) -> None:
         for line in _commands(printed.stdout):
             if re.match(r"make(\[\d+\])?:", line):  # "Nothing to be done for ..."
                 continue
-            _run(line, cwd, env, f"{where} ({command})")
+            _run(line, cwd, env, f"{where} ({command})", ran)
         return
     done = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", command], cwd=cwd, env=env, capture_output=True,
                           text=True)
@@ -234,12 +242,13 @@ def test_every_example_runs(page, sandbox):
     name = page.relative_to(ROOT).as_posix()
     namespace = {"__name__": "__main__"}
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}  # not make's child
+    ran = set()
     for line, language, code in _blocks(page):
         where = f"{name}:{line}"
         if language in ("bash", "sh", "shell"):
             for command in _commands(code):
                 if _not_run(command) is None:
-                    _run(command, sandbox, env, where)
+                    _run(command, sandbox, env, where, ran)
         elif language == "python":
             exec(compile(code, where, "exec"), namespace)
 
