@@ -4,8 +4,8 @@ them, and channels-last memory.
 Both are what ONNX Runtime and OpenVINO do to an exported graph, done to the module: a folded batch
 norm is one pass over the activations fewer, and oneDNN's convolutions (depthwise ones above all)
 run faster on channels-last tensors. On this project's 2-core CPU the pair made SSDLite, DeepLabV3+
-and the pose head 1.1-1.7x faster at batch 1 and 1.2-2.5x at batch 8 (docs/guides/benchmarking.md, "Faster where it is free"); the outputs
-move by float rounding only (tested against the module as trained).
+and the pose head 1.1-1.7x faster at batch 1 and 1.2-2.5x at batch 8 (docs/guides/benchmarking.md, "Faster where
+it is free"); the outputs move by float rounding only (tested against the module as trained).
 
 ``torch.fx.experimental.optimization.fuse`` folds by tracing the whole network symbolically, which
 the detector's data-dependent decoding and the backbones' tap hooks do not survive, and returns a
