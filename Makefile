@@ -23,13 +23,14 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,docs,openvino,ofa]'
 	touch $(STAMP)
 
-test: install  ## the suite CI runs (slow checks excluded)
-	$(PY) -m pytest -m "not slow" $(PYTEST_XDIST) $(PYTEST_ARGS)
+test: install  ## the suite CI runs (slow checks and the docs' examples excluded)
+	$(PY) -m pytest -m "not slow and not docs" $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 test-all: install  ## every test, slow ones included
 	$(PY) -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
 
-docs: install  ## the documentation site in site/ (--strict: a broken link or API reference fails)
+docs: install  ## every example of the README and the guides run, then the site built into site/ (--strict)
+	$(PY) -m pytest -m "docs and not slow" $(PYTEST_XDIST) $(PYTEST_ARGS)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 docs-serve: install  ## the documentation site at http://127.0.0.1:8000, rebuilt on every change

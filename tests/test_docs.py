@@ -33,6 +33,8 @@ import torch
 import torchvision
 from markdown_it import MarkdownIt
 
+pytestmark = pytest.mark.docs  # `make docs` runs them with the site's build; `make test` leaves them out
+
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
 
@@ -41,7 +43,7 @@ NOT_RUN = {
     "make test": "the test suite itself",
     "make test-all": "the test suite itself",
     "make lint": "CI's own check, not an example",
-    "make docs": "CI builds the site (.ci/run)",
+    "make docs": "runs these examples itself",
     "make docs-serve": "a server that runs until stopped",
     "mkdocs serve": "a server that runs until stopped",
     "tensorboard": "a server that runs until stopped",
