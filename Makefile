@@ -18,9 +18,12 @@ DEMO_CONFIG := configs/demo/ssdlite_mbv3_shapes.yaml
 install: $(STAMP)
 
 # Re-runs only when the dependencies change; `make install` is otherwise instant.
-$(STAMP): pyproject.toml constraints.txt
+# .venv/litert: litert-torch for export --format tflite, a layer of its own (see constraints-litert.txt)
+$(STAMP): pyproject.toml constraints.txt constraints-litert.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,docs,openvino,ofa]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,docs,openvino,ofa,mobile]'
+	rm -rf $(VENV)/litert
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --target $(VENV)/litert -r constraints-litert.txt
 	touch $(STAMP)
 
 test: install  ## the suite CI runs (slow checks and the docs' examples excluded)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -36,7 +37,10 @@ def image_size(images: torch.Tensor) -> torch.Tensor:
 def _taps(length: torch.Tensor, size: int | torch.Tensor, extent: int | torch.Tensor, device: torch.device):
     """For each of ``size`` output positions along an axis of ``length`` pixels stretched over the first
     ``extent`` of them: the two input pixels it lies between and the weight of the second (half-pixel
-    centres, clamped at the edges)."""
+    centres, clamped at the edges). Under ``torch.export`` (fixed shapes) constants, of the same float32
+    arithmetic: the program then carries no index arithmetic that a quantizer could turn into floats."""
+    if torch.compiler.is_compiling():
+        return _constant_taps(int(length), int(size), int(extent), device)
     index = torch.arange(size, device=device)
     position = ((index + 0.5) * (length / extent) - 0.5).clamp(min=0)
     low = position.floor()
@@ -44,6 +48,17 @@ def _taps(length: torch.Tensor, size: int | torch.Tensor, extent: int | torch.Te
     last = length.long() - 1
     low = low.long().clamp(max=last)
     return low, (low + 1).clamp(max=last), weight
+
+
+def _constant_taps(length: int, size: int, extent: int, device: torch.device):
+    scale = np.float32(length) / np.float32(extent)
+    position = np.maximum((np.arange(size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5),
+                          np.float32(0))
+    low = np.floor(position)
+    weight = position - low
+    low = np.minimum(low.astype(np.int64), length - 1)
+    return (torch.from_numpy(low).to(device), torch.from_numpy(np.minimum(low + 1, length - 1)).to(device),
+            torch.from_numpy(weight).to(device))
 
 
 def inside_mask(size: Sequence[int] | Sequence[torch.Tensor], extent: Sequence[int] | Sequence[torch.Tensor],
@@ -70,7 +85,7 @@ def resize(x: torch.Tensor, size: Sequence[int] | Sequence[torch.Tensor],
     """
     padded = extent is not None
     extent = size if extent is None else extent
-    height, width = image_size(x)
+    height, width = x.shape[-2:] if torch.compiler.is_compiling() else image_size(x)  # fixed under torch.export
     rows_low, rows_high, row_weight = _taps(height, size[0], extent[0], x.device)
     cols_low, cols_high, col_weight = _taps(width, size[1], extent[1], x.device)
     if columns_first:
@@ -86,9 +101,14 @@ def resize(x: torch.Tensor, size: Sequence[int] | Sequence[torch.Tensor],
     return x * inside_mask(size, extent, x.device) if padded else x
 
 
-def longer_side_extent(images: torch.Tensor, side: int) -> torch.Tensor:
+def longer_side_extent(images: torch.Tensor, side: int) -> torch.Tensor | list[int]:
     """The ``(height, width)`` (a long tensor) that ``images`` fill when resized so that their longer side
-    is ``side``, the aspect ratio kept."""
+    is ``side``, the aspect ratio kept. Under ``torch.export``, whose shapes are fixed, Python integers of the
+    same float32 arithmetic: a tensor would make the slices that use them data-dependent."""
+    if torch.compiler.is_compiling():
+        height, width = (np.float32(n) for n in images.shape[-2:])
+        scale = np.float32(side) / max(height, width)
+        return [max(int(np.round(n * scale)), 1) for n in (height, width)]
     size = image_size(images)
     return (size * (side / size.max())).round().clamp(min=1).long()
 

@@ -7,7 +7,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback, LearningRateMonitor, Timer
@@ -50,12 +50,13 @@ class KestrelTrainer(pl.Trainer):
         model: pl.LightningModule,
         datamodule: pl.LightningDataModule | None = None,
         ckpt_path: str | None = None,
-        format: Literal["onnx", "openvino"] = "onnx",
+        format: Literal["onnx", "openvino", "executorch", "tflite"] = "onnx",
         int8: bool = False,
         output: str | None = None,
         calibration_images: int = 64,
         int8_calibration: Calibration = "percentile",
         int8_float: list[KeepFloat] = list(DEFAULT_KEEP_FLOAT),  # noqa: B006 - jsonargparse reads the default
+        input_size: tuple[int, int] | None = None,
     ) -> Path:
         """Export the network with its pre- and post-processing, check it against PyTorch, print its path.
 
@@ -64,17 +65,32 @@ class KestrelTrainer(pl.Trainer):
             datamodule: The data: its validation images check the export, its training images
                 calibrate INT8.
             ckpt_path: The checkpoint to export (``best``, ``last`` or a path); the model's own weights if None.
-            format: ``onnx`` (ONNX Runtime) or ``openvino`` (OpenVINO IR, ``.xml`` + ``.bin``).
+            format: ``onnx`` (ONNX Runtime), ``openvino`` (OpenVINO IR, ``.xml`` + ``.bin``), ``executorch``
+                (an ExecuTorch program, ``.pte``, lowered to XNNPACK) or ``tflite`` (LiteRT); the last two for
+                phones: batch 1 at a fixed input size.
             int8: Quantize to INT8 (static, calibrated on training images).
             output: Where to write (default: the run's ``export/`` folder).
             calibration_images: Training images INT8 calibrates on.
             int8_calibration: How INT8 sets activation ranges: ``percentile`` or ``minmax``.
-            int8_float: Convolutions INT8 keeps in float: ``first_conv``, ``last_convs``.
+            int8_float: Convolutions INT8 keeps in float: ``first_conv``, ``last_convs`` (ONNX and OpenVINO).
+            input_size: A mobile file's fixed input, height and width (default: the model's input size).
         """
         from .deploy.export import export_task
 
         return export_task(self, model, datamodule, ckpt_path, format, int8, output, calibration_images,
-                           int8_calibration, int8_float)
+                           int8_calibration, int8_float, input_size)
+
+
+def pair_input_size(args: Any) -> Any:
+    """Command-line ``args`` with ``--input_size H W`` as ``--input_size [H,W]``; other args as they are."""
+    if not isinstance(args, list) or "--input_size" not in args:
+        return args
+    args = list(args)
+    at = args.index("--input_size")
+    values = args[at + 1: at + 3]
+    if len(values) == 2 and all(value.isdigit() for value in values):
+        args[at + 1: at + 3] = [f"[{values[0]},{values[1]}]"]
+    return args
 
 
 class KestrelCLI(LightningCLI):
@@ -130,8 +146,11 @@ class KestrelCLI(LightningCLI):
     def parse_arguments(self, parser, args) -> None:
         """Lightning's parsing, then ``--ckpt_path`` made a file: ``best`` / ``last`` resolved (before Lightning
         reads the checkpoint's hyperparameters into the config), an exported file set aside to be run in its
-        runtime, and a file that is no checkpoint of this task one clear error."""
-        super().parse_arguments(parser, args)
+        runtime, and a file that is no checkpoint of this task one clear error. ``--input_size H W`` is read as
+        ``--input_size [H,W]`` (jsonargparse takes one value per option)."""
+        if args is None:
+            sys.argv[1:] = pair_input_size(sys.argv[1:])
+        super().parse_arguments(parser, pair_input_size(args))
         subcommand = self.config.get("subcommand")
         if subcommand not in ("fit", "validate", "test", "predict", "export"):
             return

@@ -17,9 +17,10 @@ from tasks.benchmark.timing import torch_threads
 from tasks.data.synthetic import CATEGORIES, VOC_SYNTHETIC_CLASSES
 from tasks.deploy.agreement import agreement, faithful
 from tasks.deploy.export import write_onnx_metadata
+from tasks.deploy.mobile import fit_image
 from tasks.deploy.predictor import Detector
 from tasks.deploy.quantize import conv_nodes
-from tasks.deploy.runtime import read_metadata
+from tasks.deploy.runtime import ExportedModel, read_metadata, run_images
 from tasks.detect import DetectionTask, cli_main
 
 CONFIG = str(Path(__file__).parents[1] / "configs" / "demo" / "ssdlite_mbv3_shapes.yaml")
@@ -177,7 +178,8 @@ def export(data, trained, capsys, *extra) -> Path:
     return path
 
 
-@pytest.mark.parametrize("fmt,suffix", [("onnx", "model.onnx"), ("openvino", "model.xml")])
+@pytest.mark.parametrize("fmt,suffix", [("onnx", "model.onnx"), ("openvino", "model.xml"),
+                                        ("executorch", "model.pte"), ("tflite", "model.tflite")])
 def test_the_export_scores_what_the_checkpoint_scores(data, trained, checkpoint_metrics, capsys, tmp_path, fmt,
                                                      suffix):
     path = export(data, trained, capsys, "--format", fmt)
@@ -189,13 +191,43 @@ def test_the_export_scores_what_the_checkpoint_scores(data, trained, checkpoint_
     run_dir = tmp_path / "exported"
     cli_main(["test", *small(data / "coco", run_dir, "--ckpt_path", str(path))])
     metrics = read_metrics(run_dir)
+    # a phone file takes images resized to its one input size and rounded to uint8, as an app gives them, and keeps
+    # the first 100 candidates: on this barely trained detector (mAP ~0.2) that moves mAP by up to 0.003 (on the demo
+    # detector by 0.0001, docs/guides/export.md)
+    tolerance = 0.01 if fmt in ("executorch", "tflite") else 0.002
     for key in ("map", "map_50", "map_75", "mar_100"):
-        assert metrics[key] == pytest.approx(checkpoint_metrics[key], abs=0.002), key
+        assert metrics[key] == pytest.approx(checkpoint_metrics[key], abs=tolerance), key
     report = (latest_version(run_dir) / "report" / "report.md").read_text()
-    runtime = "onnxruntime" if fmt == "onnx" else "openvino"
+    runtime = {"onnx": "onnxruntime", "openvino": "openvino", "executorch": "executorch",
+               "tflite": "ai-edge-litert"}[fmt]
     assert f"| runtime | {runtime} " in report and f"| model file | {path} |" in report
-    weights = sum(f.stat().st_size for f in (path, path.with_suffix(".bin")) if f.is_file()) / 1e6
+    files = (path, path.with_suffix(".bin")) if fmt == "openvino" else (path,)
+    weights = sum(f.stat().st_size for f in files) / 1e6
     assert f"| model file size (MB) | {weights:.2f} |" in report  # OpenVINO: the .xml and its .bin
+    if fmt == "tflite":
+        the_tflite_detector_has_the_four_outputs_of_tflites_detection_post_processing(path, data)
+
+
+def the_tflite_detector_has_the_four_outputs_of_tflites_detection_post_processing(path: Path, data: Path) -> None:
+    """uint8 NHWC in; boxes as normalized ymin, xmin, ymax, xmax, 0-based classes, scores, count: all float32
+    (Kestrel's runtime reads them back into its boxes and labels, which the test above scored)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=str(path), num_threads=1).get_signature_runner()
+    ((name, details),) = runner.get_input_details().items()
+    assert details["dtype"] == np.uint8 and tuple(details["shape"]) == (1, 128, 128, 3)
+    image = torch.from_numpy(np.asarray(Image.open(sorted((data / "coco" / "val2017").iterdir())[0]).convert("RGB")))
+    image = fit_image(image.permute(2, 0, 1), [128, 128])
+    out = runner(**{name: image.permute(1, 2, 0)[None].numpy()})
+    boxes, classes, scores, count = (torch.from_numpy(out[f"output_{i}"]) for i in range(4))
+    assert all(value.dtype == torch.float32 for value in (boxes, classes, scores, count))
+    assert boxes.shape == (1, 300, 4) and classes.shape == scores.shape == (1, 300) and count.shape == (1,)
+    (mine,) = run_images(ExportedModel(path), [image])
+    n = int(count[0])
+    assert 0 < n == len(mine["boxes"])
+    x0, y0, x1, y1 = mine["boxes"].unbind(-1)
+    assert torch.allclose(boxes[0, :n], torch.stack([y0, x0, y1, x1], -1) / 128, atol=1e-6)
+    assert torch.equal(classes[0, :n], (mine["labels"] - 1).float()) and torch.equal(scores[0, :n], mine["scores"])
 
 
 def test_int8_is_smaller_and_close(data, trained, checkpoint_metrics, onnx_file, capsys, tmp_path):
@@ -210,6 +242,20 @@ def test_int8_is_smaller_and_close(data, trained, checkpoint_metrics, onnx_file,
     assert metadata["int8"]["kept_in_float"] == ["first_conv", "last_convs"]
     assert float_convs(int8) == {*conv_nodes(onnx.load(str(fp32)), "first_conv"),
                                  *conv_nodes(onnx.load(str(fp32)), "last_convs")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt,suffix,quantizer", [("executorch", ".pte", "XNNPACKQuantizer"),
+                                                  ("tflite", ".tflite", "ai-edge-quantizer")])
+def test_an_int8_phone_file_is_smaller_and_close(data, trained, checkpoint_metrics, capsys, tmp_path, fmt, suffix,
+                                                 quantizer):
+    path = export(data, trained, capsys, "--format", fmt, "--int8", "true", "--input_size", "160", "160")
+    assert path.name == f"model_int8{suffix}"
+    metadata = read_metadata(path)
+    assert metadata["precision"] == "int8" and metadata["fixed_input_size"] == [160, 160]
+    assert quantizer in metadata["int8"]["quantizer"]
+    cli_main(["test", *small(data / "coco", tmp_path, "--ckpt_path", str(path))])
+    assert read_metrics(tmp_path)["map_50"] == pytest.approx(checkpoint_metrics["map_50"], abs=0.05)
 
 
 def test_int8_options_reach_the_quantizer(data, trained, capsys, tmp_path):

@@ -24,7 +24,7 @@ def runtimes(checkpoint: str | Path, files: Sequence[str | Path], size: tuple[in
     """Time ``checkpoint`` and its exported ``files``; print a table; return the milliseconds by model and batch."""
     files = [Path(f) for f in files]
     if not files or any(not is_exported(f) for f in files):
-        raise ValueError("runtimes compares a checkpoint with exported .onnx / .xml files")
+        raise ValueError("runtimes compares a checkpoint with exported .onnx / .xml / .tflite / .pte files")
     exported = {f.name: ExportedModel(f, threads=threads, spinning=False) for f in files}
     metadata = next(iter(exported.values())).metadata
     task = task_class(metadata["task"]).load_from_checkpoint(checkpoint, map_location="cpu")

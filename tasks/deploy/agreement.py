@@ -43,6 +43,15 @@ def agreement(task: str, reference: Sequence[dict[str, torch.Tensor]], candidate
     return stats
 
 
+def budget(reference: Sequence[dict[str, torch.Tensor]],
+           candidate: Sequence[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+    """``reference`` detections cut to as many per image as ``candidate`` has: a file whose NMS visits a fixed
+    number of candidates (:meth:`heads.ssdlite.SSDLite.fixed_shapes`) gives the first of the usual detections
+    (other tasks' outputs are returned as they are)."""
+    return [{k: v[: len(c["boxes"])] for k, v in r.items()} if "boxes" in r else r
+            for r, c in zip(reference, candidate)]
+
+
 def summarize(task: str, stats: dict[str, float]) -> str:
     if task == "segment":
         return f"{100 * stats['pixel_agreement']:.3f}% of pixels labelled alike"

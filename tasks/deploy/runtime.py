@@ -18,17 +18,21 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+
+from .mobile import PTE_SUFFIX, TFLITE_SUFFIX, fit_image, read_pte_metadata, read_tflite_metadata
 
 Network = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
 METADATA_KEY = "kestrel"
 ONNX_SUFFIX = ".onnx"
 OPENVINO_SUFFIX = ".xml"
-EXPORTED_SUFFIXES = (ONNX_SUFFIX, OPENVINO_SUFFIX)
+EXPORTED_SUFFIXES = (ONNX_SUFFIX, OPENVINO_SUFFIX, PTE_SUFFIX, TFLITE_SUFFIX)
 
 
 def is_exported(path: str | Path | None) -> bool:
-    """Whether ``path`` names an exported model (``.onnx``, or OpenVINO's ``.xml``) rather than a checkpoint."""
+    """Whether ``path`` names an exported model (``.onnx``, OpenVINO's ``.xml``, ExecuTorch's ``.pte``,
+    LiteRT's ``.tflite``) rather than a checkpoint."""
     return path is not None and Path(path).suffix.lower() in EXPORTED_SUFFIXES
 
 
@@ -99,6 +103,13 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     elif path.suffix.lower() == OPENVINO_SUFFIX:
         model = openvino_core().read_model(str(path))
         text = model.get_rt_info([METADATA_KEY]).astype(str) if model.has_rt_info([METADATA_KEY]) else None
+    elif path.suffix.lower() == PTE_SUFFIX:
+        text = read_pte_metadata(_executorch_program(path))
+    elif path.suffix.lower() == TFLITE_SUFFIX:
+        try:
+            text = read_tflite_metadata(path)
+        except Exception as err:  # noqa: BLE001 - flatbuffers raises many kinds on a foreign file
+            raise ValueError(f"exported model {str(path)!r} is not a readable LiteRT file: {err}") from None
     else:
         raise ValueError(f"{str(path)!r} is not an exported model: expected {' or '.join(EXPORTED_SUFFIXES)}")
     if not text:
@@ -113,6 +124,17 @@ def _openvino():
     except ImportError:
         raise ImportError("OpenVINO is not installed: pip install openvino (constraints.txt pins it)") from None
     return openvino
+
+
+def _executorch_program(path: Path):
+    try:
+        from executorch.runtime import Runtime
+    except ImportError:
+        raise ImportError("ExecuTorch is not installed: pip install executorch (constraints.txt pins it)") from None
+    try:
+        return Runtime.get().load_program(path)
+    except Exception as err:  # noqa: BLE001 - the runtime raises RuntimeError or ValueError
+        raise ValueError(f"exported model {str(path)!r} is not a readable ExecuTorch program: {err}") from None
 
 
 @functools.cache
@@ -130,7 +152,12 @@ def openvino_core():
 class ExportedModel:
     """An exported file run by its runtime, callable like the network it came from.
 
-    ``.onnx`` runs in ONNX Runtime (CPU), ``.xml`` (OpenVINO IR) in OpenVINO (CPU).
+    ``.onnx`` runs in ONNX Runtime (CPU), ``.xml`` (OpenVINO IR) in OpenVINO (CPU), ``.pte`` in the
+    ExecuTorch runtime (XNNPACK), ``.tflite`` in the LiteRT interpreter (XNNPACK). A phone file takes one
+    image of one size (``fixed_input_size`` in its metadata): each image is stretched to it
+    (:func:`tasks.deploy.mobile.fit_image`), run, and its outputs mapped back to the image (boxes scaled,
+    labels resized by nearest neighbour), as an app would; a ``.tflite`` detector's four outputs become
+    Kestrel's boxes, scores, labels and ``num_detections``.
 
     Args:
         path: The file.
@@ -143,7 +170,24 @@ class ExportedModel:
         self.path = Path(path)
         self.metadata = read_metadata(self.path)
         self.threads = threads
-        if self.path.suffix.lower() == ONNX_SUFFIX:
+        if self.path.suffix.lower() == PTE_SUFFIX:
+            if threads:
+                from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+                _unsafe_reset_threadpool(threads)
+            method = _executorch_program(self.path).load_method("forward")
+            self._method = lambda image: method.execute([image])
+            self._outputs = list(self.metadata["outputs"])
+            self.runtime = f"executorch {_version('executorch')} (XNNPACK)"
+        elif self.path.suffix.lower() == TFLITE_SUFFIX:
+            from ai_edge_litert.interpreter import Interpreter
+
+            runner = Interpreter(model_path=str(self.path), num_threads=threads).get_signature_runner()
+            (name,) = runner.get_input_details()
+            self._method = lambda image: self._from_tflite(runner(**{name: image.permute(0, 2, 3, 1).numpy()}))
+            self._outputs = list(self.metadata["outputs"])
+            self.runtime = f"ai-edge-litert {_version('ai-edge-litert')} (LiteRT interpreter, XNNPACK)"
+        elif self.path.suffix.lower() == ONNX_SUFFIX:
             import onnxruntime
 
             options = onnxruntime.SessionOptions()
@@ -164,6 +208,9 @@ class ExportedModel:
             self.runtime = f"openvino {_version('openvino')} (CPU)"
 
     def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        if hasattr(self, "_method"):
+            per_image = [self._run_fixed(image) for image in images.detach().cpu()]
+            return {name: torch.cat([out[name] for out in per_image]) for name in self._outputs}
         array = images.detach().cpu().numpy()
         if hasattr(self, "_session"):
             values = self._session.run(self._outputs, {"images": array})
@@ -171,6 +218,35 @@ class ExportedModel:
             result = self._compiled(array)
             values = [result[output] for output in self._compiled.outputs]
         return {name: torch.from_numpy(np.asarray(value)) for name, value in zip(self._outputs, values)}
+
+    def _from_tflite(self, result: dict[str, np.ndarray]) -> list[torch.Tensor]:
+        """A ``.tflite`` file's outputs (``output_0``, ``output_1``, ... in order) as the network's."""
+        values = [torch.from_numpy(result[key]) for key in sorted(result, key=lambda k: int(k.rsplit("_", 1)[-1]))]
+        if self.metadata["task"] != "detect":
+            return [value.long() if not value.is_floating_point() else value for value in values]
+        boxes, classes, scores, count = values
+        height, width = self.metadata["fixed_input_size"]
+        y0, x0, y1, x1 = boxes.unbind(-1)
+        count = count.long()
+        filled = torch.arange(classes.shape[1]) < count[:, None]
+        return [torch.stack([x0 * width, y0 * height, x1 * width, y1 * height], -1), scores,
+                torch.where(filled, classes.long() + 1, 0), count]
+
+    def _run_fixed(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One ``(3, h, w)`` image through a file of one input size, outputs in the image's pixels."""
+        size = self.metadata["fixed_input_size"]
+        values = self._method(fit_image(image, size)[None].contiguous())
+        out = dict(zip(self._outputs, values))
+        height, width = image.shape[-2:]
+        scale = (width / size[1], height / size[0])
+        if "boxes" in out and scale != (1.0, 1.0):
+            out["boxes"] = out["boxes"] * torch.tensor([scale[0], scale[1], scale[0], scale[1]])
+        if "labels" in out and out["labels"].dim() == 3 and tuple(out["labels"].shape[-2:]) != (height, width):
+            resized = F.interpolate(out["labels"][:, None].float(), size=(height, width), mode="nearest-exact")
+            out["labels"] = resized[:, 0].to(out["labels"].dtype)
+        if "keypoints" in out and scale != (1.0, 1.0):
+            out["keypoints"] = out["keypoints"] * torch.tensor([scale[0], scale[1], 1.0])
+        return out
 
     def __repr__(self) -> str:
         return f"ExportedModel({str(self.path)!r}, {self.runtime})"

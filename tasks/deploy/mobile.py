@@ -1,0 +1,240 @@
+"""Files for phones: ExecuTorch programs (``.pte``) and LiteRT flatbuffers (``.tflite``), batch 1 at a fixed
+input size, post-processing inside.
+
+The network is traced by ``torch.export`` at one input size (``uint8 (1, 3, H, W)``); detection's NMS is
+:func:`heads._nms.fixed_shape_nms` there (``SSDLite.fixed_shapes``), so every shape in the program is
+fixed and the whole pipeline — resize, normalization, the network, box decoding, NMS, segmentation's
+argmax and pose's peak decoding — runs in the file, as it does in the ONNX one. ExecuTorch lowers it
+with the XNNPACK partitioner (ARM and x86 CPUs: Android, iOS, Linux); INT8 is its pt2e flow with
+XNNPACK's quantizer, calibrated on training images: convolutions and linear layers of the network
+(weights per channel, activations per tensor), never the box arithmetic or the input's scaling.
+
+LiteRT files take ``uint8 (1, H, W, 3)`` (:class:`TFLiteInterface`) and are converted by litert-torch in a
+subprocess (``tasks/deploy/litert_convert.py``; see there why); INT8 is ai-edge-quantizer's, calibrated the
+same way. The detector's four outputs are those of TFLite's detection post-processing, so that Android's
+object-detection APIs read them.
+
+The ``kestrel`` metadata travels in a ``.pte`` program as a constant method returning its JSON as bytes,
+and in a ``.tflite`` flatbuffer as the metadata entry named ``kestrel``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from heads._input import resize
+
+PTE_SUFFIX = ".pte"
+TFLITE_SUFFIX = ".tflite"
+#: litert-torch and its dependencies, installed by ``make install`` beside Kestrel's environment
+LITERT_LAYER = Path(sys.prefix) / "litert"
+#: the detector's outputs in a .tflite file, in order (TFLite's detection post-processing)
+TFLITE_DETECTION_OUTPUTS = ("boxes", "classes", "scores", "count")
+METADATA_METHOD = "kestrel_metadata"
+METADATA_NAME = "kestrel"
+#: the detections a phone file's NMS visits per image at most: the 100 best class scores, as many as COCO's mAP reads;
+#: the unrolled NMS grows with them (converting 300 takes three times as long)
+PHONE_CANDIDATES = 100
+#: the network's parts that INT8 quantizes: every child module but the input's scaling
+NOT_QUANTIZED = ("input",)
+
+
+def fit_image(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """A uint8 ``(3, h, w)`` (or ``(N, 3, h, w)``) image stretched to ``size`` as an app would before it
+    calls a fixed-size file: the networks' own bilinear resize, rounded back to uint8."""
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    batch = image if image.dim() == 4 else image[None]
+    fitted = resize(batch, list(size)).round().clamp(0, 255).to(torch.uint8)
+    return fitted if image.dim() == 4 else fitted[0]
+
+
+@contextlib.contextmanager
+def fixed_shapes(network: nn.Module) -> Iterator[nn.Module]:
+    """``network`` with no data-dependent shape inside (detection: :meth:`heads.ssdlite.SSDLite.fixed_shapes`,
+    over :data:`PHONE_CANDIDATES` candidates per image at most)."""
+    context = getattr(network, "fixed_shapes", None)
+    if context is None:
+        yield network
+        return
+    with context(min(network.detections_per_img, PHONE_CANDIDATES)):
+        yield network
+
+
+def _standard_layout(network: nn.Module) -> nn.Module:
+    """``network``, or a copy with its weights in the standard (not channels-last) layout."""
+    if any(p.dim() == 4 and not p.is_contiguous() for p in network.parameters()):
+        return copy.deepcopy(network).to(memory_format=torch.contiguous_format)
+    return network
+
+
+def export_program(network: nn.Module, input_size: Sequence[int]) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``network`` (eval mode, CPU) for one uint8 image of ``input_size``; its weights
+    in the standard layout, which XNNPACK's layout pass expects (a copy when they are channels-last)."""
+    example = torch.zeros((1, 3, *input_size), dtype=torch.uint8)
+    network = _standard_layout(network)
+    with torch.no_grad(), fixed_shapes(network):
+        return torch.export.export(network, (example,), strict=False)
+
+
+def _xnnpack_quantizer(network: nn.Module):
+    """XNNPACK's quantizer for the float operations inside the network's quantized parts (every child
+    module with weights but :data:`NOT_QUANTIZED`): not the input's scaling, box decoding or NMS."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+
+    parts = {name for name, child in network.named_children()
+             if name not in NOT_QUANTIZED and any(True for _ in child.parameters())}
+
+    def inside(node: torch.fx.Node) -> bool:
+        if node.op != "call_function":  # weights and biases: quantized with the operation that reads them
+            return True
+        value = node.meta.get("val")
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            return False
+        return any(path.split(".")[0] in parts for path, _ in node.meta.get("nn_module_stack", {}).values())
+
+    # a module-name setting would skip every convolution: its weight, a get_attr node, has no module stack
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    return quantizer.set_filter_function(inside)
+
+
+def quantize_program(network: nn.Module, input_size: Sequence[int],
+                     calibration: Iterable[torch.Tensor]) -> torch.export.ExportedProgram:
+    """The network's program with INT8 convolutions and linear layers (torchao's pt2e flow with
+    ExecuTorch's ``XNNPACKQuantizer``), activation ranges observed on ``calibration`` images (uint8
+    ``(3, h, w)`` of any size, fitted to ``input_size`` as the runtime fits them)."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    prepared = prepare_pt2e(export_program(network, input_size).module(), _xnnpack_quantizer(network))
+    with torch.no_grad():
+        for image in calibration:
+            prepared(fit_image(image, input_size)[None])
+    converted = convert_pt2e(prepared)
+    example = torch.zeros((1, 3, *input_size), dtype=torch.uint8)
+    with torch.no_grad():
+        return torch.export.export(converted, (example,), strict=False)
+
+
+def write_pte(program: torch.export.ExportedProgram, path: str | Path, metadata: dict[str, Any]) -> Path:
+    """Lower ``program`` to XNNPACK and write it to ``path`` with ``metadata`` as a constant method."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    text = torch.frombuffer(bytearray(json.dumps(metadata).encode()), dtype=torch.uint8)
+    lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],
+                                          constant_methods={METADATA_METHOD: text})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(lowered.to_executorch().buffer)
+    return path
+
+
+def read_pte_metadata(program) -> str | None:
+    """The ``kestrel`` metadata JSON of a loaded ExecuTorch program, or None."""
+    if METADATA_METHOD not in program.method_names:
+        return None
+    (text,) = program.load_method(METADATA_METHOD).execute([])
+    return bytes(text.numpy()).decode()
+
+
+class TFLiteInterface(nn.Module):
+    """A Kestrel network with LiteRT's interface: one uint8 image ``(1, H, W, 3)`` in; the detector's boxes
+    as normalized ``ymin, xmin, ymax, xmax``, 0-based classes, scores and the count, all float32 (TFLite's
+    detection post-processing); segmentation's ``labels`` and pose's ``keypoints`` as the network gives them."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, image: torch.Tensor):
+        height, width = image.shape[1:3]
+        out = self.network(image.permute(0, 3, 1, 2))
+        if "boxes" not in out:
+            return tuple(out.values())
+        x0, y0, x1, y1 = out["boxes"].unbind(-1)
+        boxes = torch.stack([y0 / height, x0 / width, y1 / height, x1 / width], -1)
+        count = out["num_detections"]
+        classes = torch.where(torch.arange(boxes.shape[1]) < count[:, None], out["labels"] - 1, 0)
+        return boxes, classes.float(), out["scores"], count.float()
+
+
+def write_tflite(network: nn.Module, path: str | Path, metadata: dict[str, Any], input_size: Sequence[int],
+                 calibration: Iterable[torch.Tensor] | None = None) -> Path:
+    """``network`` as a ``.tflite`` file at ``path`` (INT8 when ``calibration`` images are given), with
+    ``metadata``: exported here, converted by litert-torch in the LiteRT layer's subprocess."""
+    if not (LITERT_LAYER / "litert_torch").is_dir():
+        raise RuntimeError(f"--format tflite converts with litert-torch, installed by `make install` into "
+                           f"{LITERT_LAYER} (pip install --no-deps --target {LITERT_LAYER} -r constraints-litert.txt)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = torch.zeros((1, *input_size, 3), dtype=torch.uint8)
+    network = _standard_layout(network)
+    with tempfile.TemporaryDirectory() as scratch, torch.no_grad(), fixed_shapes(network):
+        program = Path(scratch) / "program.pt2"
+        torch.export.save(torch.export.export(TFLiteInterface(network).eval(), (example,), strict=False), program)
+        arguments = [str(program), str(path)]
+        if calibration is not None:
+            images = np.stack([fit_image(image, input_size).permute(1, 2, 0).numpy() for image in calibration])
+            np.save(Path(scratch) / "calibration.npy", images)
+            arguments.append(str(Path(scratch) / "calibration.npy"))
+        path_first = os.pathsep.join([str(LITERT_LAYER), os.environ.get("PYTHONPATH", "")])
+        environment = {**os.environ, "PYTHONPATH": path_first}
+        done = subprocess.run([sys.executable, str(Path(__file__).with_name("litert_convert.py")), *arguments],
+                              env=environment, capture_output=True, text=True)
+    if done.returncode != 0:
+        last = [line for line in done.stderr.splitlines() if line.strip()][-1:] or ["(no message)"]
+        raise RuntimeError(f"litert-torch could not convert the network to {path}: {last[0]}")
+    write_tflite_metadata(path, metadata)
+    return path
+
+
+def write_tflite_metadata(path: str | Path, metadata: dict[str, Any]) -> None:
+    """Put ``metadata`` into the ``.tflite`` file as the metadata entry named ``kestrel`` (replacing one)."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(Path(path).read_bytes()))
+    model.metadata = [entry for entry in model.metadata or [] if _name(entry.name) != METADATA_NAME]
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(json.dumps(metadata).encode(), dtype=np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = METADATA_NAME, len(model.buffers) - 1
+    model.metadata.append(entry)
+    Path(path).write_bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def read_tflite_metadata(path: str | Path) -> str | None:
+    """The ``kestrel`` metadata JSON of a ``.tflite`` file, or None."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    data = Path(path).read_bytes()
+    model = schema.Model.GetRootAsModel(data, 0)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if _name(entry.Name()) == METADATA_NAME:
+            buffer = model.Buffers(entry.Buffer())
+            if buffer.Offset():  # stored after the flatbuffer (large models)
+                return data[buffer.Offset(): buffer.Offset() + buffer.Size()].decode()
+            return buffer.DataAsNumpy().tobytes().decode()
+    return None
+
+
+def _name(name: str | bytes | None) -> str | None:
+    return name.decode() if isinstance(name, bytes) else name
