@@ -191,9 +191,9 @@ def test_the_export_scores_what_the_checkpoint_scores(data, trained, checkpoint_
     run_dir = tmp_path / "exported"
     cli_main(["test", *small(data / "coco", run_dir, "--ckpt_path", str(path))])
     metrics = read_metrics(run_dir)
-    # a phone file takes images resized to its one input size and rounded to uint8, as an app gives them, and keeps
-    # the first 100 candidates: on this barely trained detector (mAP ~0.2) that moves mAP by up to 0.003 (on the demo
-    # detector by 0.0001, docs/guides/export.md)
+    # a phone file takes images resized to its one input size and rounded to uint8, as an app gives them: on this
+    # barely trained detector (mAP ~0.2) that moves mAP by up to 0.003 (on the demo detector by 0.0001,
+    # docs/guides/export.md)
     tolerance = 0.01 if fmt in ("executorch", "tflite") else 0.002
     for key in ("map", "map_50", "map_75", "mar_100"):
         assert metrics[key] == pytest.approx(checkpoint_metrics[key], abs=tolerance), key

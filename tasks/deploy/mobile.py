@@ -45,9 +45,6 @@ LITERT_LAYER = Path(sys.prefix) / "litert"
 TFLITE_DETECTION_OUTPUTS = ("boxes", "classes", "scores", "count")
 METADATA_METHOD = "kestrel_metadata"
 METADATA_NAME = "kestrel"
-#: the detections a phone file's NMS visits per image at most: the 100 best class scores, as many as COCO's mAP reads;
-#: the unrolled NMS grows with them (converting 300 takes three times as long)
-PHONE_CANDIDATES = 100
 #: the network's parts that INT8 quantizes: every child module but the input's scaling
 NOT_QUANTIZED = ("input",)
 
@@ -64,13 +61,11 @@ def fit_image(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 @contextlib.contextmanager
 def fixed_shapes(network: nn.Module) -> Iterator[nn.Module]:
-    """``network`` with no data-dependent shape inside (detection: :meth:`heads.ssdlite.SSDLite.fixed_shapes`,
-    over :data:`PHONE_CANDIDATES` candidates per image at most)."""
+    """``network`` with no data-dependent shape inside (detection: :meth:`heads.ssdlite.SSDLite.fixed_shapes`, over
+    ``detections_per_img`` candidates per image). On the demo detector 100 candidates rather than 300 cost 0.0013 mAP
+    (0.0093 mAR@100) and saved no conversion time: the network, not the unrolled NMS, takes it."""
     context = getattr(network, "fixed_shapes", None)
-    if context is None:
-        yield network
-        return
-    with context(min(network.detections_per_img, PHONE_CANDIDATES)):
+    with context() if context is not None else contextlib.nullcontext():
         yield network
 
 
