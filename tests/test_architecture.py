@@ -20,7 +20,9 @@ ALLOWED = {
     "tasks.data": ("backbones", "heads", "tasks.data", "tasks.evaluation"),
     "tasks.reporting": ("tasks.reporting", "tasks.data", "tasks.evaluation", "tasks.provenance",
                         "tasks.deploy.runtime"),
-    "tasks.deploy.runtime": (),
+    "tasks.deploy.mobile": ("heads",),  # the networks' resize, as an app's
+    "tasks.deploy.litert_convert": (),  # run in a subprocess of its own
+    "tasks.deploy.runtime": ("tasks.deploy.mobile",),
     "tasks.deploy.agreement": (),
     "tasks.deploy.quantize": (),
     "tasks.deploy.export": ("backbones", "tasks.deploy", "tasks.provenance"),

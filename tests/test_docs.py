@@ -206,8 +206,8 @@ def _roboflow(shapes: Path, export: Path) -> None:
 @pytest.fixture
 def sandbox(tmp_path, shapes, weight_cache, monkeypatch):
     """A checkout after ``make install``, with the tiny data at the docs' paths; the current folder for the test."""
-    for name in ("configs", "Makefile", "pyproject.toml", "constraints.txt", ".venv", "backbones", "heads", "tasks",
-                 "hubconf.py"):
+    for name in ("configs", "Makefile", "pyproject.toml", "constraints.txt", "constraints-litert.txt", ".venv",
+                 "backbones", "heads", "tasks", "hubconf.py"):
         (tmp_path / name).symlink_to(ROOT / name)
     data = tmp_path / "data"
     data.mkdir()
