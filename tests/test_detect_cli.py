@@ -178,8 +178,10 @@ def export(data, trained, capsys, *extra) -> Path:
     return path
 
 
+# ExecuTorch through the command line under the slow marker (a minute to lower; test_mobile lowers a small detector)
 @pytest.mark.parametrize("fmt,suffix", [("onnx", "model.onnx"), ("openvino", "model.xml"),
-                                        ("executorch", "model.pte"), ("tflite", "model.tflite")])
+                                        pytest.param("executorch", "model.pte", marks=pytest.mark.slow),
+                                        ("tflite", "model.tflite")])
 def test_the_export_scores_what_the_checkpoint_scores(data, trained, checkpoint_metrics, capsys, tmp_path, fmt,
                                                      suffix):
     path = export(data, trained, capsys, "--format", fmt)

@@ -61,11 +61,14 @@ def spread(network: nn.Module, warm_up) -> nn.Module:
 
 def detector(name: str) -> SSDLite:
     model = SSDLite(Backbone(name, levels=[16, 32]), num_classes=3, image_size=96, detections_per_img=100)
-    model = spread(model, lambda m, x: m.head(list(m.backbone(m.input(x)).values())))
+    return spread_head(spread(model, lambda m, x: m.head(list(m.backbone(m.input(x)).values()))))
+
+
+def spread_head(model: SSDLite) -> SSDLite:
+    """Scores that spread rather than saturate, as torchvision's test model does, and box offsets of a trained
+    detector's size (|code| < 2): a random head's are ten times larger, and decoding takes their exp(), which blows
+    float32's 1e-5 relative differences up to 4e-3 px."""
     with torch.no_grad():
-        # scores that spread rather than saturate, as torchvision's test model does, and box offsets of a
-        # trained detector's size (|code| < 2): a random head's are ten times larger, and decoding takes
-        # their exp(), which blows float32's 1e-5 relative differences up to 4e-3 px
         for block in model.head.classification_head.module_list:
             block[1].weight.mul_(0.05)
         for block in model.head.regression_head.module_list:
