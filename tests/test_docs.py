@@ -72,8 +72,9 @@ QUICK = {
     ("tasks.data.synthetic", None): ["--train", "8", "--val", "4"],
 }
 TASK_MODULES = ("tasks.detect", "tasks.segment", "tasks.pose")
-# Pages whose examples take minutes even so (every demo model benchmarked in every runtime): `make test-all`.
-SLOW_PAGES = {"docs/guides/benchmarking.md"}
+# Pages whose examples take minutes even so (every demo model benchmarked in every runtime; four phone files
+# converted, about 90 s each): `make test-all`. The phone export is in the default suite (tests/test_detect_cli.py).
+SLOW_PAGES = {"docs/guides/benchmarking.md", "docs/guides/phone.md"}
 
 
 def _blocks(page: Path) -> list[tuple[int, str, str]]:
