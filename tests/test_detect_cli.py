@@ -247,14 +247,14 @@ def test_int8_is_smaller_and_close(data, trained, checkpoint_metrics, onnx_file,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt,suffix,quantizer", [("executorch", ".pte", "XNNPACKQuantizer"),
-                                                  ("tflite", ".tflite", "ai-edge-quantizer")])
+@pytest.mark.parametrize("fmt,suffix,quantizer,size", [("executorch", ".pte", "XNNPACKQuantizer", [160, 160]),
+                                                       ("tflite", ".tflite", "ai-edge-quantizer", [128, 128])])
 def test_an_int8_phone_file_is_smaller_and_close(data, trained, checkpoint_metrics, capsys, tmp_path, fmt, suffix,
-                                                 quantizer):
-    path = export(data, trained, capsys, "--format", fmt, "--int8", "true", "--input_size", "160", "160")
+                                                 quantizer, size):
+    path = export(data, trained, capsys, "--format", fmt, "--int8", "true", "--input_size", *map(str, size))
     assert path.name == f"model_int8{suffix}"
     metadata = read_metadata(path)
-    assert metadata["precision"] == "int8" and metadata["fixed_input_size"] == [160, 160]
+    assert metadata["precision"] == "int8" and metadata["fixed_input_size"] == size
     assert quantizer in metadata["int8"]["quantizer"]
     cli_main(["test", *small(data / "coco", tmp_path, "--ckpt_path", str(path))])
     assert read_metrics(tmp_path)["map_50"] == pytest.approx(checkpoint_metrics["map_50"], abs=0.05)

@@ -180,3 +180,23 @@ def test_the_options_that_cannot_work_are_refused_in_one_line(tmp_path):
         write_tflite(tiny_detector(), tmp_path / "model.tflite", {}, [96, 96])
     assert pair_input_size(["export", "--input_size", "240", "320", "--int8", "true"]) == \
         ["export", "--input_size", "[240,320]", "--int8", "true"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suffix", [".pte", ".tflite"])
+def test_a_file_of_another_input_size_resizes_inside_as_eager_does(suffix, tmp_path):
+    """``--input_size`` other than the network's: the file takes 128x160 and resizes to the network's 96x96 itself."""
+    network = tiny_detector()
+    metadata = {"task": "detect", **TASKS["detect"][1], "fixed_input_size": [128, 160],
+                "outputs": ["boxes", "scores", "labels", "num_detections"]}
+    path = tmp_path / f"model{suffix}"
+    if suffix == ".tflite":
+        write_tflite(network, path, metadata, [128, 160])
+    else:
+        write_pte(export_program(network, [128, 160]), path, metadata)
+    fitted = [fit_image(image, [128, 160]) for image in TASKS["detect"][2]]
+    with torch.no_grad():
+        expected = run_images(network, fitted)
+    got = run_images(ExportedModel(path, threads=1), fitted)
+    stats = agreement("detect", budget(expected, got), got, box_tolerance=0.16)
+    assert stats["detections"] > 20 and faithful("detect", stats), summarize("detect", stats)

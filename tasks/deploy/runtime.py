@@ -244,8 +244,9 @@ class ExportedModel:
         if "labels" in out and out["labels"].dim() == 3 and tuple(out["labels"].shape[-2:]) != (height, width):
             resized = F.interpolate(out["labels"][:, None].float(), size=(height, width), mode="nearest-exact")
             out["labels"] = resized[:, 0].to(out["labels"].dtype)
-        if "keypoints" in out and scale != (1.0, 1.0):
-            out["keypoints"] = out["keypoints"] * torch.tensor([scale[0], scale[1], 1.0])
+        if "keypoints" in out and scale != (1.0, 1.0):  # pixel centres at integers
+            shift = torch.tensor([0.5, 0.5, 0.0])
+            out["keypoints"] = (out["keypoints"] + shift) * torch.tensor([scale[0], scale[1], 1.0]) - shift
         return out
 
     def __repr__(self) -> str:
