@@ -149,8 +149,10 @@ def _run(command: str, cwd: Path, env: dict[str, str], where: str, ran: set[str]
     command += f" > {output}" if output else ""
     make = re.fullmatch(r"make ([\w-]+)", command)
     if make:
-        printed = subprocess.run(["make", "-n", "--no-print-directory", make.group(1)], cwd=cwd, env=env,
-                                 capture_output=True, text=True)
+        # the sandbox's .venv is the real one: its install stamp counts as up to date (-o), so that a stale one in a
+        # working checkout never has the install recipe (rm -rf .venv/litert, pip install) run on it
+        printed = subprocess.run(["make", "-n", "--no-print-directory", "-o", ".venv/.kestrel-installed",
+                                  make.group(1)], cwd=cwd, env=env, capture_output=True, text=True)
         assert printed.returncode == 0, f"{where}: `{command}`: {printed.stderr}"
         for line in _commands(printed.stdout):
             if re.match(r"make(\[\d+\])?:", line):  # "Nothing to be done for ..."
