@@ -36,9 +36,10 @@ CASES += [pytest.param(name, "detect", "executorch", marks=pytest.mark.slow)
 SUFFIX = {"executorch": ".pte", "tflite": ".tflite"}
 
 
-def write(network, task: str, path, int8_images=None) -> ExportedModel:
+def write(network, task: str, path, int8_images=None, size=None) -> ExportedModel:
+    """``network`` as a phone file (by ``path``'s suffix) of input ``size`` (default: the network's), run."""
     metadata = {"task": task, **TASKS[task][1]}
-    size = metadata["input_size"]
+    size = size or metadata["input_size"]
     with torch.no_grad():
         outputs = list(network(torch.zeros(1, 3, *size, dtype=torch.uint8)))
     metadata.update(fixed_input_size=size, outputs=outputs)
@@ -187,16 +188,11 @@ def test_the_options_that_cannot_work_are_refused_in_one_line(tmp_path):
 def test_a_file_of_another_input_size_resizes_inside_as_eager_does(suffix, tmp_path):
     """``--input_size`` other than the network's: the file takes 128x160 and resizes to the network's 96x96 itself."""
     network = tiny_detector()
-    metadata = {"task": "detect", **TASKS["detect"][1], "fixed_input_size": [128, 160],
-                "outputs": ["boxes", "scores", "labels", "num_detections"]}
-    path = tmp_path / f"model{suffix}"
-    if suffix == ".tflite":
-        write_tflite(network, path, metadata, [128, 160])
-    else:
-        write_pte(export_program(network, [128, 160]), path, metadata)
+    exported = write(network, "detect", tmp_path / f"model{suffix}", size=[128, 160])
+    assert exported.metadata["fixed_input_size"] == [128, 160] and exported.metadata["input_size"] == [96, 96]
     fitted = [fit_image(image, [128, 160]) for image in TASKS["detect"][2]]
     with torch.no_grad():
         expected = run_images(network, fitted)
-    got = run_images(ExportedModel(path, threads=1), fitted)
+    got = run_images(exported, fitted)
     stats = agreement("detect", budget(expected, got), got, box_tolerance=0.16)
     assert stats["detections"] > 20 and faithful("detect", stats), summarize("detect", stats)

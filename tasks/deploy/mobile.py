@@ -43,8 +43,9 @@ TFLITE_SUFFIX = ".tflite"
 LITERT_LAYER = Path(sys.prefix) / "litert"
 #: the detector's outputs in a .tflite file, in order (TFLite's detection post-processing)
 TFLITE_DETECTION_OUTPUTS = ("boxes", "classes", "scores", "count")
+#: the name of every exported file's metadata entry (ONNX property, OpenVINO rt_info, TFLite metadata)
+METADATA_KEY = "kestrel"
 METADATA_METHOD = "kestrel_metadata"
-METADATA_NAME = "kestrel"
 #: the network's parts that INT8 quantizes: every child module but the input's scaling
 NOT_QUANTIZED = ("input",)
 
@@ -205,12 +206,12 @@ def write_tflite_metadata(path: str | Path, metadata: dict[str, Any]) -> None:
     from ai_edge_litert.tools import flatbuffer_utils
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(Path(path).read_bytes()))
-    model.metadata = [entry for entry in model.metadata or [] if _name(entry.name) != METADATA_NAME]
+    model.metadata = [entry for entry in model.metadata or [] if _name(entry.name) != METADATA_KEY]
     buffer = schema.BufferT()
     buffer.data = np.frombuffer(json.dumps(metadata).encode(), dtype=np.uint8)
     model.buffers.append(buffer)
     entry = schema.MetadataT()
-    entry.name, entry.buffer = METADATA_NAME, len(model.buffers) - 1
+    entry.name, entry.buffer = METADATA_KEY, len(model.buffers) - 1
     model.metadata.append(entry)
     Path(path).write_bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
@@ -223,7 +224,7 @@ def read_tflite_metadata(path: str | Path) -> str | None:
     model = schema.Model.GetRootAsModel(data, 0)
     for i in range(model.MetadataLength()):
         entry = model.Metadata(i)
-        if _name(entry.Name()) == METADATA_NAME:
+        if _name(entry.Name()) == METADATA_KEY:
             buffer = model.Buffers(entry.Buffer())
             if buffer.Offset():  # stored after the flatbuffer (large models)
                 return data[buffer.Offset(): buffer.Offset() + buffer.Size()].decode()

@@ -20,11 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .mobile import PTE_SUFFIX, TFLITE_SUFFIX, fit_image, read_pte_metadata, read_tflite_metadata
+from .mobile import METADATA_KEY, PTE_SUFFIX, TFLITE_SUFFIX, fit_image, read_pte_metadata, read_tflite_metadata
 
 Network = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
-METADATA_KEY = "kestrel"
 ONNX_SUFFIX = ".onnx"
 OPENVINO_SUFFIX = ".xml"
 EXPORTED_SUFFIXES = (ONNX_SUFFIX, OPENVINO_SUFFIX, PTE_SUFFIX, TFLITE_SUFFIX)
