@@ -50,7 +50,7 @@ class KestrelTrainer(pl.Trainer):
         model: pl.LightningModule,
         datamodule: pl.LightningDataModule | None = None,
         ckpt_path: str | None = None,
-        format: Literal["onnx", "openvino", "executorch", "tflite"] = "onnx",
+        format: Literal["onnx", "openvino", "executorch", "tflite", "coreml"] = "onnx",
         int8: bool = False,
         output: str | None = None,
         calibration_images: int = 64,
@@ -66,9 +66,9 @@ class KestrelTrainer(pl.Trainer):
                 calibrate INT8.
             ckpt_path: The checkpoint to export (``best``, ``last`` or a path); the model's own weights if None.
             format: ``onnx`` (ONNX Runtime), ``openvino`` (OpenVINO IR, ``.xml`` + ``.bin``), ``executorch``
-                (an ExecuTorch program, ``.pte``, lowered to XNNPACK) or ``tflite`` (LiteRT); the last two for
-                phones: batch 1 at a fixed input size.
-            int8: Quantize to INT8 (static, calibrated on training images).
+                (an ExecuTorch program, ``.pte``, lowered to XNNPACK), ``tflite`` (LiteRT) or ``coreml`` (a Core ML
+                ``.mlpackage``); the last three for phones: batch 1 at a fixed input size.
+            int8: Quantize to INT8 (static, calibrated on training images; Core ML: its weights only).
             output: Where to write (default: the run's ``export/`` folder).
             calibration_images: Training images INT8 calibrates on.
             int8_calibration: How INT8 sets activation ranges: ``percentile`` or ``minmax``.
@@ -159,8 +159,8 @@ class KestrelCLI(LightningCLI):
         if name in ("best", "last"):
             config.ckpt_path = str(find_checkpoint(name, config.trainer.default_root_dir))
             print(f"{'Resuming from' if subcommand == 'fit' else 'Using'} checkpoint {config.ckpt_path}")
-        elif name is not None and not Path(name).is_file():
-            raise FileNotFoundError(f"--ckpt_path {name}: no such file")
+        elif name is not None and not (Path(name).is_file() or is_exported(name) and Path(name).exists()):
+            raise FileNotFoundError(f"--ckpt_path {name}: no such file")  # (a Core ML package is a folder)
         path = config.ckpt_path
         if path is None:
             return

@@ -14,6 +14,7 @@ from PIL import Image
 
 from tasks.benchmark.__main__ import main as benchmark
 from tasks.benchmark.timing import torch_threads
+from tasks.cli import main
 from tasks.data.synthetic import CATEGORIES, VOC_SYNTHETIC_CLASSES
 from tasks.deploy.agreement import agreement, faithful
 from tasks.deploy.export import write_onnx_metadata
@@ -174,7 +175,7 @@ def export(data, trained, capsys, *extra) -> Path:
     capsys.readouterr()
     cli_main(["export", *small(data / "coco", trained, "--ckpt_path", "best", *extra)])
     path = Path(capsys.readouterr().out.strip().splitlines()[-1])
-    assert path.is_file()
+    assert path.is_file() or path.suffix == ".mlpackage" and path.is_dir()
     return path
 
 
@@ -258,6 +259,18 @@ def test_an_int8_phone_file_is_smaller_and_close(data, trained, checkpoint_metri
     assert quantizer in metadata["int8"]["quantizer"]
     cli_main(["test", *small(data / "coco", tmp_path, "--ckpt_path", str(path))])
     assert read_metrics(tmp_path)["map_50"] == pytest.approx(checkpoint_metrics["map_50"], abs=0.05)
+
+
+@pytest.mark.slow  # 40 s: coremltools converts 300 candidates' NMS; test_mobile converts a small detector
+def test_a_core_ml_package_is_written_checked_and_refused_by_test_in_one_line(data, trained, capsys, tmp_path):
+    path = export(data, trained, capsys, "--format", "coreml", "--input_size", "160", "160")  # int8: test_mobile
+    assert path.name == "model.mlpackage"
+    metadata = read_metadata(path)
+    assert metadata["format"] == "coreml" and metadata["fixed_input_size"] == [160, 160]
+    assert metadata["class_names"] == ["person", "circle", "square", "triangle"]
+    code = main(cli_main, ["test", *small(data / "coco", tmp_path, "--ckpt_path", str(path))])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and error[-1].startswith(f"error: {path} is a Core ML package: Core ML runs on Apple devices")
 
 
 def test_int8_options_reach_the_quantizer(data, trained, capsys, tmp_path):

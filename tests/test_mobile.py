@@ -1,5 +1,6 @@
 """Phone files: ExecuTorch programs (``.pte``) run by the ExecuTorch runtime and LiteRT files (``.tflite``) run by
-the LiteRT interpreter give eager PyTorch's outputs.
+the LiteRT interpreter give eager PyTorch's outputs; Core ML packages (``.mlpackage``), which run on Apple devices
+only, carry the interface and metadata of the contract.
 
 A file takes one input size; images of other sizes are stretched to it (``fit_image``) and the outputs
 mapped back, as an app would. The comparison gives eager PyTorch the same fitted pixels, so that it tests
@@ -14,7 +15,7 @@ import torch
 from example_backbones import GoodNet
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_export import TASKS, detector, images, spread, spread_head
+from test_export import TASKS, detector, images, pose, segmenter, spread, spread_head
 
 from backbones import ensure_pyramid, list_backbones
 from heads._input import _constant_taps, _taps, longer_side_extent
@@ -22,8 +23,17 @@ from heads.ssdlite import SSDLite
 from tasks.cli import pair_input_size
 from tasks.deploy.agreement import agreement, budget, faithful, summarize
 from tasks.deploy.export import export_task
-from tasks.deploy.mobile import export_program, fit_image, quantize_program, write_pte, write_tflite
-from tasks.deploy.runtime import ExportedModel, is_exported, read_metadata, run_images
+from tasks.deploy.mobile import (
+    _coreml_compatible,
+    check_coreml,
+    export_program,
+    fit_image,
+    quantize_program,
+    write_coreml,
+    write_pte,
+    write_tflite,
+)
+from tasks.deploy.runtime import ExportedModel, file_size_mb, is_exported, read_metadata, run_images
 
 # Each task on the issue's phone set (MobileNetV3-Large, MobileNetV2, EfficientNet-Lite0, MobileNetV4-small) in both
 # formats, and the rest of the registry (ExecuTorch detection), under the slow marker: by default the trained
@@ -122,6 +132,62 @@ def test_an_unreadable_program_is_refused_with_its_name(tmp_path):
         ExportedModel(tmp_path / "missing.pte")
 
 
+# Core ML on the issue's first phone backbone: every task's post-processing (the detector's NMS, segmentation's
+# crop and resize, pose's peak decoding) through coremltools; the detector also with int8 weights
+@pytest.mark.parametrize("task,build,int8", [("detect", tiny_detector, True),
+                                             pytest.param("segment", lambda: segmenter("mobilenet_v3_large"), False,
+                                                          marks=pytest.mark.slow),
+                                             ("pose", lambda: pose("mobilenet_v3_large"), False)])
+def test_a_core_ml_package_carries_the_contracts_interface(task, build, int8, tmp_path):
+    network = build()
+    metadata = {"task": task, **TASKS[task][1], "precision": "int8" if int8 else "fp32"}
+    size = metadata["input_size"]
+    with torch.no_grad():
+        outputs = list(network(torch.zeros(1, 3, *size, dtype=torch.uint8)))
+    metadata.update(fixed_input_size=size, outputs=outputs)
+    path = write_coreml(network, tmp_path / "model.mlpackage", metadata, size, int8)
+    assert path.is_dir() and is_exported(path) and read_metadata(path) == metadata
+    assert check_coreml(path).startswith(f"Core ML spec checked: input RGB image {size[0]}x{size[1]}, outputs "
+                                         f"{', '.join(outputs)}")
+    from coremltools.models.utils import load_spec
+
+    spec = load_spec(str(path))
+    types = {output.name: output.type.multiArrayType.dataType for output in spec.description.output}
+    float32, int32 = 65568, 131104  # ArrayFeatureType: no float16 outputs (box areas overflow it), no int64
+    assert all(types[name] == (int32 if name in ("labels", "num_detections") else float32) for name in outputs), types
+    weights = [op for function in spec.mlProgram.functions.values() for block in function.block_specializations.values()
+               for op in block.operations if op.type == "constexpr_affine_dequantize"]
+    assert bool(weights) == int8  # int8 weights dequantized at load time
+    assert write_coreml(network, path, metadata, size, int8) == path and file_size_mb(path) > 0.1  # replaced
+    with pytest.raises(ValueError, match="model.mlpackage is a Core ML package: Core ML runs on Apple devices only"):
+        ExportedModel(path)
+
+
+def test_the_core_ml_rewrites_compute_what_the_program_computes():
+    class Spellings(torch.nn.Module):  # what coremltools 9.0 does not convert, spelled as the heads spell it
+        def forward(self, x):
+            keep = (x > 0.2) & ~(x > 0.7) | (x < -0.5)
+            peak = x.argmax(-1, keepdim=True)
+            row, column = torch.div(peak, 4, rounding_mode="floor"), peak % 4
+            spread = torch.zeros_like(x).scatter(-1, x.argsort(-1)[..., :2], 1.0) + keep[:, : x.shape[1]]
+            return spread.gather(-1, row * 4 + column) * (row * 10 + column)
+
+    program = torch.export.export(Spellings(), (torch.zeros(2, 6),))
+    rewritten = _coreml_compatible(program)
+    targets = {str(node.target) for node in rewritten.graph.nodes if node.op == "call_function"}
+    assert not targets & {"aten.alias.default", "aten.__and__.Tensor", "aten.bitwise_and.Tensor",
+                          "aten.bitwise_or.Tensor", "aten.bitwise_not.default"}, targets
+    assert "aten.logical_and.default" in targets
+    full = [node for node in rewritten.graph.nodes if node.target is torch.ops.aten.full_like.default]
+    assert all(isinstance(node.args[1], float) for node in full)
+    divisions = [node for node in rewritten.graph.nodes if node.target in (torch.ops.aten.div.Tensor_mode,
+                                                                             torch.ops.aten.remainder.Scalar)]
+    assert len(divisions) == 2 and all([user.target for user in node.users] == [torch.ops.aten._to_copy.default]
+                                       for node in divisions)
+    x = torch.randn(2, 6, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(rewritten.module()(x), Spellings()(x))
+
+
 def test_int8_quantizes_the_network_and_not_the_post_processing():
     network = detector("mobilenet_v3_large")
     program = quantize_program(network, [96, 96], images(*[(96, 96)] * 2, seed=1))
@@ -174,8 +240,8 @@ def test_the_options_that_cannot_work_are_refused_in_one_line(tmp_path):
         export_task(None, None, None, None, "onnx", False, None, input_size=[96, 96])
     with pytest.raises(ValueError, match="--input_size takes a height and a width"):
         export_task(None, None, None, None, "tflite", False, None, input_size=[96])
-    with pytest.raises(ValueError, match="--format must be one of onnx, openvino, executorch, tflite"):
-        export_task(None, None, None, None, "coreml", False, None)
+    with pytest.raises(ValueError, match="--format must be one of onnx, openvino, executorch, tflite, coreml"):
+        export_task(None, None, None, None, "caffe2", False, None)
     with patch("tasks.deploy.mobile.LITERT_LAYER", tmp_path / "nowhere"), \
             pytest.raises(RuntimeError, match="nowhere .*constraints-litert.txt"):
         write_tflite(tiny_detector(), tmp_path / "model.tflite", {}, [96, 96])

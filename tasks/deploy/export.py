@@ -32,12 +32,15 @@ from backbones._weights import load_weights
 from ..provenance import backbone_name, file_sha256, kestrel_version
 from .agreement import agreement, budget, faithful, summarize
 from .mobile import (
+    COREML_SUFFIX,
     PTE_SUFFIX,
     TFLITE_DETECTION_OUTPUTS,
     TFLITE_SUFFIX,
+    check_coreml,
     export_program,
     fit_image,
     quantize_program,
+    write_coreml,
     write_pte,
     write_tflite,
 )
@@ -58,7 +61,7 @@ if TYPE_CHECKING:
 
 OPSET = 17
 CHECK_IMAGES = 8
-MOBILE_FORMATS = ("executorch", "tflite")
+MOBILE_FORMATS = ("executorch", "tflite", "coreml")
 
 
 def example_input(metadata: dict[str, Any]) -> torch.Tensor:
@@ -128,7 +131,8 @@ def split_images(datamodule: pl.LightningDataModule, stage: str, count: int, see
     return [dataset[int(i)][0] for i in sorted(chosen)]
 
 
-FORMATS = {"onnx": ONNX_SUFFIX, "openvino": OPENVINO_SUFFIX, "executorch": PTE_SUFFIX, "tflite": TFLITE_SUFFIX}
+FORMATS = {"onnx": ONNX_SUFFIX, "openvino": OPENVINO_SUFFIX, "executorch": PTE_SUFFIX, "tflite": TFLITE_SUFFIX,
+           "coreml": COREML_SUFFIX}
 
 
 def export_task(trainer: pl.Trainer, task: KestrelTask, datamodule: pl.LightningDataModule | None,
@@ -145,7 +149,7 @@ def export_task(trainer: pl.Trainer, task: KestrelTask, datamodule: pl.Lightning
     if input_size is not None and format not in MOBILE_FORMATS:
         raise ValueError(f"--input_size fixes a mobile file's input ({', '.join(MOBILE_FORMATS)}); {format} files "
                          "take images of any size")
-    if int8 and datamodule is None:
+    if int8 and datamodule is None and format != "coreml":  # Core ML's INT8 is its weights': no calibration
         raise ValueError("--int8 true calibrates on training images: give the data (--data.root ...)")
     if ckpt_path and not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"--ckpt_path {str(ckpt_path)!r} does not exist")
@@ -178,7 +182,9 @@ def export_task(trainer: pl.Trainer, task: KestrelTask, datamodule: pl.Lightning
         _export_onnx_or_openvino(network, datamodule, path, format, metadata, int8, calibration_images,
                                  int8_calibration, int8_float)
     print(f"Wrote {path} ({file_size_mb(path):.2f} MB) in {time.perf_counter() - started:.0f} s")
-    if datamodule is not None:
+    if format == "coreml":
+        print(check_coreml(path))
+    elif datamodule is not None:
         images = split_images(datamodule, "val", CHECK_IMAGES)
         if format in MOBILE_FORMATS:  # the file's fixed size, so that both take the same pixels
             images = [fit_image(image, metadata["fixed_input_size"]) for image in images]
@@ -201,6 +207,14 @@ def _export_mobile(task: KestrelTask, network: nn.Module, datamodule: pl.Lightni
     if tflite:
         metadata.update(input_layout="NHWC",
                         file_outputs=list(TFLITE_DETECTION_OUTPUTS) if task.task == "detect" else outputs)
+    if metadata["format"] == "coreml":
+        if int8:
+            metadata["int8"] = {"quantizer": "coremltools linear_quantize_weights: weights per channel (int8), "
+                                             "computed in float32"}
+        print(f"Exporting {metadata['network']} on {metadata['backbone']} to Core ML (ML program), RGB image "
+              f"input {size[0]}x{size[1]} (converted by coremltools: about a minute)")
+        write_coreml(network, path, metadata, size, int8)
+        return
     images = None
     if int8:
         images = split_images(datamodule, "train", calibration_images)

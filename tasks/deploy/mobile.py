@@ -1,5 +1,5 @@
-"""Files for phones: ExecuTorch programs (``.pte``) and LiteRT flatbuffers (``.tflite``), batch 1 at a fixed
-input size, post-processing inside.
+"""Files for phones: ExecuTorch programs (``.pte``), LiteRT flatbuffers (``.tflite``) and Core ML packages
+(``.mlpackage``), batch 1 at a fixed input size, post-processing inside.
 
 The network is traced by ``torch.export`` at one input size (``uint8 (1, 3, H, W)``); detection's NMS is
 :func:`heads._nms.fixed_shape_nms` there (``SSDLite.fixed_shapes``), so every shape in the program is
@@ -14,16 +14,26 @@ subprocess (``tasks/deploy/litert_convert.py``; see there why); INT8 is ai-edge-
 same way. The detector's four outputs are those of TFLite's detection post-processing, so that Android's
 object-detection APIs read them.
 
+Core ML packages are converted by coremltools from the same ``torch.export`` program: an RGB image input
+(the pixel buffer an iOS app's camera gives), float32 compute (box areas overflow float16), INT8 as
+coremltools' per-channel weight quantization. Core ML runs on Apple devices only: here the package's
+spec — input, outputs, metadata — is checked (:func:`check_coreml`), not its outputs.
+
 The ``kestrel`` metadata travels in a ``.pte`` program as a constant method returning its JSON as bytes,
-and in a ``.tflite`` flatbuffer as the metadata entry named ``kestrel``.
+in a ``.tflite`` flatbuffer as the metadata entry named ``kestrel``, in a Core ML package as the
+user-defined metadata entry ``kestrel``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
+import logging
+import operator
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,6 +49,7 @@ from heads._input import resize
 
 PTE_SUFFIX = ".pte"
 TFLITE_SUFFIX = ".tflite"
+COREML_SUFFIX = ".mlpackage"
 #: litert-torch and its dependencies, installed by ``make install`` beside Kestrel's environment
 LITERT_LAYER = Path(sys.prefix) / "litert"
 #: the detector's outputs in a .tflite file, in order (TFLite's detection post-processing)
@@ -234,3 +245,136 @@ def read_tflite_metadata(path: str | Path) -> str | None:
 
 def _name(name: str | bytes | None) -> str | None:
     return name.decode() if isinstance(name, bytes) else name
+
+
+class CoreMLInterface(nn.Module):
+    """A Kestrel network with Core ML's interface: an RGB image ``(1, 3, H, W)``, which Core ML hands over as
+    float32 0-255 (Core ML has no uint8 tensors); the network's outputs in order, integers as int32."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.network(image.round().clamp(0, 255).to(torch.uint8))
+        return tuple(value if value.is_floating_point() else value.int() for value in out.values())
+
+
+# ATen operations coremltools 9.0 does not convert, each with the one it converts that computes the same
+_BOOLEAN_TWINS = {"aten.__and__.Tensor": torch.ops.aten.logical_and.default,
+                  "aten.bitwise_and.Tensor": torch.ops.aten.logical_and.default,
+                  "aten.__or__.Tensor": torch.ops.aten.logical_or.default,
+                  "aten.bitwise_or.Tensor": torch.ops.aten.logical_or.default,
+                  "aten.bitwise_not.default": torch.ops.aten.logical_not.default}
+
+_DIVIDED_IN_FLOAT = (torch.ops.aten.div.Tensor_mode, torch.ops.aten.remainder.Scalar, torch.ops.aten.remainder.Tensor)
+
+
+def _coreml_compatible(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """``program`` in core ATen with the few spellings coremltools 9.0 lacks rewritten: ``alias`` (a full slice)
+    dropped, bitwise operations on booleans as logical ones, a ``full_like`` of a float tensor filled with the
+    integer 0 given a float fill (the converter would type it int32), and integer floor divisions and remainders
+    cast back to integers (the converter divides in float: exact for the index arithmetic here, far below 2**24)."""
+    program = program.run_decompositions()
+    graph = program.graph_module.graph
+    for node in list(graph.nodes):
+        if node.op != "call_function":
+            continue
+        name = str(node.target)
+        if node.target is torch.ops.aten.alias.default:
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+        elif name in _BOOLEAN_TWINS and node.meta["val"].dtype == torch.bool:
+            node.target = _BOOLEAN_TWINS[name]
+        elif node.target is torch.ops.aten.full_like.default and node.meta["val"].is_floating_point():
+            node.args = (node.args[0], float(node.args[1]), *node.args[2:])
+        elif node.target in _DIVIDED_IN_FLOAT and not node.meta["val"].is_floating_point():
+            with graph.inserting_after(node):
+                cast = graph.call_function(torch.ops.aten._to_copy.default, (node,), {"dtype": node.meta["val"].dtype})
+            cast.meta["val"] = node.meta["val"]
+            node.replace_all_uses_with(cast, delete_user_cb=functools.partial(operator.is_not, cast))
+    program.graph_module.recompile()
+    return program
+
+
+@contextlib.contextmanager
+def _coreml_notes_silenced() -> Iterator[None]:
+    """coremltools' log notes off: on Linux it has no Core ML framework to load, it was not tested with this
+    scikit-learn or torch, and it notes every int64 constant it stores as int32 (the converted values are
+    checked in :func:`check_coreml`'s spec and by Kestrel's tests instead)."""
+    loggers = [logging.getLogger(name) for name in ("coremltools", "root")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _coremltools():
+    try:
+        with _coreml_notes_silenced():
+            import coremltools
+    except ImportError:
+        raise ImportError("coremltools is not installed: pip install coremltools (constraints.txt pins it)") from None
+    return coremltools
+
+
+def write_coreml(network: nn.Module, path: str | Path, metadata: dict[str, Any], input_size: Sequence[int],
+                 int8: bool = False) -> Path:
+    """``network`` as a Core ML package (ML program, iOS 17 / macOS 14 and later) at ``path`` with ``metadata``;
+    with ``int8``, its weights quantized to int8 per output channel."""
+    ct = _coremltools()
+    example = torch.zeros((1, 3, *input_size), dtype=torch.float32)
+    network = _standard_layout(network)
+    with torch.no_grad(), fixed_shapes(network):
+        program = torch.export.export(CoreMLInterface(network).eval(), (example,), strict=False)
+    with _coreml_notes_silenced():
+        model = ct.convert(_coreml_compatible(program),
+                           inputs=[ct.ImageType(name="image", shape=example.shape, color_layout=ct.colorlayout.RGB)],
+                           outputs=[ct.TensorType(name=name) for name in metadata["outputs"]],
+                           minimum_deployment_target=ct.target.iOS17, compute_precision=ct.precision.FLOAT32,
+                           convert_to="mlprogram")
+        if int8:
+            weights = ct.optimize.coreml.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8",
+                                                                 granularity="per_channel")
+            model = ct.optimize.coreml.linear_quantize_weights(model, ct.optimize.coreml.OptimizationConfig(weights))
+    model.user_defined_metadata[METADATA_KEY] = json.dumps(metadata)
+    model.short_description = (f"Kestrel {metadata['task']}: {metadata.get('network')} on {metadata.get('backbone')}, "
+                               f"{metadata.get('precision')}")
+    path = Path(path)
+    if path.exists():  # a package is a folder: the old one's files would stay beside the new ones
+        shutil.rmtree(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(str(path))
+    return path
+
+
+def read_coreml_metadata(path: str | Path) -> str | None:
+    """The ``kestrel`` metadata JSON of a Core ML package, or None."""
+    spec = _coremltools().utils.load_spec(str(path))
+    return spec.description.metadata.userDefined.get(METADATA_KEY)
+
+
+def check_coreml(path: str | Path) -> str:
+    """What Kestrel can check of a Core ML package on a machine without Core ML: its spec has one RGB image input
+    of the metadata's ``fixed_input_size``, the metadata's outputs in order, and the ``kestrel`` metadata.
+    Returns a line that says so; raises ``ValueError`` naming what differs."""
+    spec = _coremltools().utils.load_spec(str(path))
+    text = spec.description.metadata.userDefined.get(METADATA_KEY)
+    if not text:
+        raise ValueError(f"{path}: no '{METADATA_KEY}' metadata in the package")
+    metadata = json.loads(text)
+    (image,) = spec.description.input
+    height, width = metadata["fixed_input_size"]
+    kind = image.type.WhichOneof("Type")
+    found = (kind, image.type.imageType.height, image.type.imageType.width) if kind == "imageType" else (kind,)
+    if found != ("imageType", height, width):
+        raise ValueError(f"{path}: input {image.name!r} is {found}, not an RGB image {height}x{width}")
+    outputs = [output.name for output in spec.description.output]
+    if outputs != list(metadata["outputs"]):
+        raise ValueError(f"{path}: outputs {outputs}, expected {metadata['outputs']}")
+    return (f"Core ML spec checked: input RGB image {height}x{width}, outputs {', '.join(outputs)}, "
+            f"'{METADATA_KEY}' metadata (Core ML runs on Apple devices only: outputs not compared here)")

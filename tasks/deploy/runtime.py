@@ -20,24 +20,36 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .mobile import METADATA_KEY, PTE_SUFFIX, TFLITE_SUFFIX, fit_image, read_pte_metadata, read_tflite_metadata
+from .mobile import (
+    COREML_SUFFIX,
+    METADATA_KEY,
+    PTE_SUFFIX,
+    TFLITE_SUFFIX,
+    fit_image,
+    read_coreml_metadata,
+    read_pte_metadata,
+    read_tflite_metadata,
+)
 
 Network = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
 ONNX_SUFFIX = ".onnx"
 OPENVINO_SUFFIX = ".xml"
-EXPORTED_SUFFIXES = (ONNX_SUFFIX, OPENVINO_SUFFIX, PTE_SUFFIX, TFLITE_SUFFIX)
+EXPORTED_SUFFIXES = (ONNX_SUFFIX, OPENVINO_SUFFIX, PTE_SUFFIX, TFLITE_SUFFIX, COREML_SUFFIX)
 
 
 def is_exported(path: str | Path | None) -> bool:
     """Whether ``path`` names an exported model (``.onnx``, OpenVINO's ``.xml``, ExecuTorch's ``.pte``,
-    LiteRT's ``.tflite``) rather than a checkpoint."""
+    LiteRT's ``.tflite``, a Core ML ``.mlpackage`` folder) rather than a checkpoint."""
     return path is not None and Path(path).suffix.lower() in EXPORTED_SUFFIXES
 
 
 def file_size_mb(path: str | Path) -> float:
-    """An exported model's size in MB: the file, and for OpenVINO IR its ``.bin`` of weights too."""
+    """An exported model's size in MB: the file, for OpenVINO IR with its ``.bin`` of weights, for a Core ML
+    package the files in it."""
     path = Path(path)
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
     size = path.stat().st_size
     if path.suffix.lower() == OPENVINO_SUFFIX and path.with_suffix(".bin").is_file():
         size += path.with_suffix(".bin").stat().st_size
@@ -88,7 +100,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         ValueError: the file is not a Kestrel export (no such metadata) or cannot be read.
     """
     path = Path(path)
-    if not path.is_file():
+    if not (path.is_file() or path.suffix.lower() == COREML_SUFFIX and path.is_dir()):
         raise FileNotFoundError(f"exported model {str(path)!r} does not exist")
     if path.suffix.lower() == ONNX_SUFFIX:
         import onnx
@@ -109,6 +121,11 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             text = read_tflite_metadata(path)
         except Exception as err:  # noqa: BLE001 - flatbuffers raises many kinds on a foreign file
             raise ValueError(f"exported model {str(path)!r} is not a readable LiteRT file: {err}") from None
+    elif path.suffix.lower() == COREML_SUFFIX:
+        try:
+            text = read_coreml_metadata(path)
+        except Exception as err:  # noqa: BLE001 - protobuf raises many kinds
+            raise ValueError(f"exported model {str(path)!r} is not a readable Core ML package: {err}") from None
     else:
         raise ValueError(f"{str(path)!r} is not an exported model: expected {' or '.join(EXPORTED_SUFFIXES)}")
     if not text:
@@ -169,6 +186,10 @@ class ExportedModel:
         self.path = Path(path)
         self.metadata = read_metadata(self.path)
         self.threads = threads
+        if self.path.suffix.lower() == COREML_SUFFIX:
+            raise ValueError(f"{self.path} is a Core ML package: Core ML runs on Apple devices only (macOS, iOS), "
+                             "not here; its export checked its spec. Score the model with its .tflite, .pte or .onnx "
+                             "file, which export writes from the same checkpoint")
         if self.path.suffix.lower() == PTE_SUFFIX:
             if threads:
                 from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
