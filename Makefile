@@ -46,19 +46,25 @@ demo: install $(DEMO_DATA)/coco/annotations/instances_val2017.json  ## train SSD
 	$(PY) -m tasks.detect fit --config $(DEMO_CONFIG)
 	$(PY) -m tasks.detect test --config $(DEMO_CONFIG) --ckpt_path best
 
-# After `make demo`: the trained detector as ONNX, INT8 ONNX and OpenVINO, each scored by `test` beside the checkpoint.
+# After `make demo`: the trained detector as ONNX, INT8 ONNX, OpenVINO and the phone files (LiteRT and ExecuTorch, float
+# and INT8; a Core ML package, which runs on Apple devices only), each scored by `test` beside the checkpoint.
 DEMO_RUN := runs/demo/detect/lightning_logs
-demo-export: install  ## export the demo detector (run make demo first) and test every exported file
+DEMO_FILES := model.onnx model_int8.onnx model.xml model.tflite model_int8.tflite model.pte model_int8.pte
+demo-export: install  ## export the demo detector (run make demo first), also for phones, and test every exported file
 	$(PY) -m tasks.detect export --config $(DEMO_CONFIG) --ckpt_path best
 	$(PY) -m tasks.detect export --config $(DEMO_CONFIG) --ckpt_path best --int8 true
 	$(PY) -m tasks.detect export --config $(DEMO_CONFIG) --ckpt_path best --format openvino
+	for format in tflite executorch; do for int8 in false true; do \
+		$(PY) -m tasks.detect export --config $(DEMO_CONFIG) --ckpt_path best --format $$format --int8 $$int8 || exit 1; \
+	done; done
+	$(PY) -m tasks.detect export --config $(DEMO_CONFIG) --ckpt_path best --format coreml
 	$(PY) -m tasks.detect test --config $(DEMO_CONFIG) --ckpt_path best
-	for file in model.onnx model_int8.onnx model.xml; do \
+	for file in $(DEMO_FILES); do \
 		$(PY) -m tasks.detect test --config $(DEMO_CONFIG) --ckpt_path "$$(ls -t $(DEMO_RUN)/*/export/$$file | head -1)" || exit 1; \
 	done
-	$(PY) -m tasks.reporting compare $$(ls -td $(DEMO_RUN)/version_* | head -4 | tac)
+	$(PY) -m tasks.reporting compare $$(ls -td $(DEMO_RUN)/version_* | head -8 | tac)
 	$(PY) -m tasks.benchmark runtimes $$(ls -t $(DEMO_RUN)/*/checkpoints/best.ckpt | head -1) \
-		$$(for file in model.onnx model_int8.onnx model.xml; do ls -t $(DEMO_RUN)/*/export/$$file | head -1; done)
+		$$(for file in $(DEMO_FILES); do ls -t $(DEMO_RUN)/*/export/$$file | head -1; done)
 
 # After `make demo`: which INT8 settings cost the demo detector what. Each setting (calibration:kept-in-float)
 # is exported beside the default files and scored by `test`; the table compares them with the checkpoint.

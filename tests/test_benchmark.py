@@ -117,6 +117,34 @@ def test_untrained_without_data_runs_on_random_images(tmp_path, capsys):
     assert any("no best.ckpt" in n for n in result["notes"]) and any("no data" in n for n in result["notes"])
 
 
+# the phone files under the slow marker (30 s to lower two programs); ONNX and its network alone by default
+@pytest.mark.parametrize("phone", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_phone_files_and_networks_alone_beside_the_others(phone, tmp_path):
+    config = tmp_path / "pose_tiny.yaml"
+    section = yaml.safe_load((DEMO_CONFIGS / "pose_mbv2_shapes.yaml").read_text())
+    section["data"].update(root=str(tmp_path / "nothing_here"), image_size=[64, 64])
+    section["trainer"]["default_root_dir"] = str(tmp_path / "no_runs")
+    config.write_text(yaml.safe_dump(section))
+    files = ["onnx", "executorch"] if phone else ["onnx"]
+    runtimes = ["eager", *files, *(f"network_{runtime}" for runtime in files)]
+    result = run([config], None, runtimes, batches=[1, 2], repeats=1, threads=1, out=tmp_path / "bench")
+    rows = {r["runtime"]: r for r in result["rows"]}
+    assert set(rows) == set(runtimes)
+    assert set(rows["onnx"]["ms"]) == set(rows["network_onnx"]["ms"]) == {"1", "2"}
+    assert rows["network_onnx"]["file"].endswith("network.onnx") and rows["network_onnx"]["agreement"] is None
+    if phone:
+        assert set(rows["executorch"]["ms"]) == set(rows["network_executorch"]["ms"]) == {"1"}  # a phone: batch 1
+        assert rows["executorch"]["file"].endswith("model.pte")
+        assert rows["executorch"]["agreement"].startswith("keypoints within")
+    for runtime in files:
+        cost = rows[runtime]["pipeline_cost"]["1"]
+        assert cost == pytest.approx(rows[runtime]["ms"]["1"]["median"] /
+                                     rows[f"network_{runtime}"]["ms"]["1"]["median"] - 1)
+    markdown = (tmp_path / "bench" / "benchmark.md").read_text()
+    cost = f"{100 * rows['onnx']['pipeline_cost']['1']:+.0f}%"
+    assert "| ONNX Runtime, network only |" in markdown and f"| {cost} |" in markdown
+
+
 def test_the_width_resolution_grid(tmp_path):
     result = grid({"mobilenet_v2": (0.35, 0.5)}, sizes=(64, 96), runtime="eager", batches=(1,), repeats=1,
                   threads=1, out=tmp_path)

@@ -28,11 +28,16 @@ def _ratio(row: dict, batch: int) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def _pipeline(row: dict) -> str:
+    value = row.get("pipeline_cost", {}).get("1")
+    return "-" if value is None else f"{100 * value:+.0f}%"
+
+
 def table(rows: list[dict], batches: list[int]) -> str:
     """The markdown table of every subject's every form."""
     header = ["model", "runtime", "input", "params (M)", "GFLOPs", "size (MB)"]
     header += [f"batch {b} ms" for b in batches] + [f"batch {batches[-1]} img/s"]
-    header += [f"÷ torchvision b{b}" for b in batches] + ["accuracy", "agrees with eager"]
+    header += [f"÷ torchvision b{b}" for b in batches] + ["pipeline b1", "accuracy", "agrees with eager"]
     lines = ["| " + " | ".join(header) + " |", "|---|---|---|" + "---:|" * (len(header) - 5) + "---|---|"]
     for row in rows:
         latency = [milliseconds(row["ms"][str(b)]) if str(b) in row["ms"] else "-" for b in batches]
@@ -44,7 +49,7 @@ def table(rows: list[dict], batches: list[int]) -> str:
             accuracy = f"{first} {_cell(accuracy.get(first))}, {second} {_cell(accuracy.get(second))}"
         cells = [row["model"], RUNTIME_NAMES[row["runtime"]], "x".join(map(str, row["input_size"])),
                  f"{row['params']:.2f}", f"{row['gflops']:.2f}", _cell(row.get("size_mb"), 2), *latency, throughput,
-                 *(_ratio(row, b) for b in batches), accuracy or "-", row.get("agreement") or "-"]
+                 *(_ratio(row, b) for b in batches), _pipeline(row), accuracy or "-", row.get("agreement") or "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -59,7 +64,9 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
         "(pose: crops at the model's input size), pre- and post-processing inside the call. "
         "÷ torchvision: latency over torchvision's at the same batch size — for detection torchvision's "
         "pipeline on the same weights, for segmentation its deeplabv3_mobilenet_v3_large (eager) on images of "
-        "the segmenter's input size; "
+        "the segmenter's input size; pipeline b1: a file's batch-1 latency over its network alone in the same "
+        "runtime (the network-only row: backbone and head on images resized beforehand), less one; "
+        "phone files (ExecuTorch, LiteRT) run batch 1 only; "
         "accuracy: the task's `test` on the config's data with that form as `--ckpt_path`.", "",
         table(result["rows"], batches), "",
     ]
@@ -82,7 +89,7 @@ def pareto_plot(path: Path, rows: list[dict]) -> bool:
         return False
     figure = Figure(figsize=(6.5 * len(tasks), 5))
     axes = figure.subplots(1, len(tasks), squeeze=False)
-    markers = dict(zip(RUNTIME_NAMES, "os^vDP"))
+    markers = dict(zip(RUNTIME_NAMES, "os^vDPXh*<>p8d"))
     for axis, task in zip(axes[0], tasks):
         timed = [r for r in rows if r["task"] == task and "1" in r["ms"]]
         scored = [r for r in timed if r.get("accuracy")]

@@ -18,6 +18,7 @@ from .accuracy import MAIN_METRICS, agreement_text, compare, score
 from .machine import describe_machine, machine_line
 from .report import pareto_plot, table, write_json, write_markdown
 from .subjects import (
+    NETWORK_RUNTIMES,
     REFERENCES,
     RUNTIMES,
     Subject,
@@ -114,7 +115,7 @@ def _time_group(subjects: list[Subject], inputs: dict[str, dict[int, torch.Tenso
         for runtime, form in subject.forms.items():
             key = f"{subject.name}\t{runtime}"
             models[key] = form.call
-            batches[key] = {b: form.prepare(x) for b, x in inputs[subject.name].items()}
+            batches[key] = {b: form.prepare(x) for b, x in inputs[subject.name].items() if b == 1 or not form.batch_one}
     samples = interleaved(models, batches, repeats, progress=lambda text: say(f"  timing: {text}"))
     result: dict[str, dict[str, dict[int, list[float]]]] = {}
     for key, by_batch in samples.items():
@@ -219,15 +220,17 @@ def run(configs: Sequence[str | Path] = DEFAULT_CONFIGS, ckpt_path: str | None =
             largest = inputs[subject.name][max(batches)]
             outputs[subject.name] = {runtime: _per_image(form.call(form.prepare(largest)))
                                      for runtime, form in subject.forms.items()
-                                     if not (subject.reference and subject.task == "detect" and runtime != "eager")}
+                                     if not (subject.reference and subject.task == "detect" and runtime != "eager")
+                                     and runtime not in NETWORK_RUNTIMES}
     rows = []
     for subject in subjects:
         scores = {}
         data = data_of.get(subject.name)
         if accuracy and data is not None and subject.checkpoint is not None:
             for runtime, form in subject.forms.items():
-                if runtime == "torchvision":
-                    continue  # torchvision's pipeline takes float images; its agreement with eager says
+                if runtime == "torchvision" or runtime in NETWORK_RUNTIMES:
+                    continue  # torchvision's pipeline takes float images (its agreement with eager says); a network
+                    # alone gives no predictions
                 say(f"scoring {subject.name} ({runtime}) with its evaluator")
                 scores[runtime] = score(form.call, data, subject.evaluation)
         # a reference holding a Kestrel detector's weights is compared with that detector's eager outputs
@@ -272,7 +275,7 @@ def reference_name(name: str, size: tuple[int, int]) -> str:
 def _add_ratios(rows: list[dict], batches: list[int]) -> None:
     """Each row's latency over torchvision's: detection's pipeline on the same weights (else torchvision's
     SSDLite320), segmentation's deeplabv3_mobilenet_v3_large at the same input size; a reference over its
-    own eager form."""
+    own eager form. A float file's over its network alone in the same runtime, less one: its pipeline's cost."""
     def find(model: str, runtime: str) -> dict | None:
         return next((r for r in rows if r["model"] == model and r["runtime"] == runtime), None)
 
@@ -288,3 +291,7 @@ def _add_ratios(rows: list[dict], batches: list[int]) -> None:
         if base is not None:
             row["ratio"] = {str(b): row["ms"][str(b)]["median"] / base["ms"][str(b)]["median"]
                             for b in batches if str(b) in row["ms"] and str(b) in base["ms"]}
+        alone = find(row["model"], f"network_{row['runtime']}")
+        if alone is not None:  # what the pre- and post-processing inside the file cost over the network alone
+            row["pipeline_cost"] = {str(b): row["ms"][str(b)]["median"] / alone["ms"][str(b)]["median"] - 1
+                                    for b in batches if str(b) in row["ms"] and str(b) in alone["ms"]}

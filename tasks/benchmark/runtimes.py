@@ -1,6 +1,6 @@
 """``python -m tasks.benchmark runtimes CKPT FILES...``: a checkpoint in eager PyTorch beside its exported
-files (ONNX Runtime, OpenVINO, INT8), each called on the same uint8 batches, pre- and post-processing
-included, the models taking turns (``tasks.benchmark.timing``)."""
+files (ONNX Runtime, OpenVINO, INT8; ExecuTorch and LiteRT at batch 1), each called on the same uint8 batches,
+pre- and post-processing included, the models taking turns (``tasks.benchmark.timing``)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,10 @@ def runtimes(checkpoint: str | Path, files: Sequence[str | Path], size: tuple[in
     height, width = metadata["input_size"] if metadata["task"] == "pose" else size
     generator = torch.Generator().manual_seed(0)
     inputs = {b: torch.randint(0, 256, (b, 3, height, width), dtype=torch.uint8, generator=generator) for b in batches}
-    times = interleaved(models, {name: inputs for name in models}, repeats)
+    # a phone file (fixed_input_size) runs batch 1, as a phone runs it
+    phone = {name for name, model in exported.items() if "fixed_input_size" in model.metadata}
+    times = interleaved(models, {name: {b: x for b, x in inputs.items() if b == 1 or name not in phone}
+                                 for name in models}, repeats)
     say(f"Machine: {machine_line(describe_machine(threads))}.\n\ninput uint8 {height}x{width}, pre- and "
         f"post-processing included; median (25th-75th percentile) of {repeats} calls, models taking turns\n")
     header = ["runtime", "file size (MB)", *(f"batch {b} (ms)" for b in batches)]
@@ -45,5 +48,6 @@ def runtimes(checkpoint: str | Path, files: Sequence[str | Path], size: tuple[in
         stats = {b: summary(t) for b, t in times[name].items()}
         result[name] = stats
         size_mb = checkpoint_mb if eager else file_size_mb(model.path)
-        say(f"| {runtime} | {size_mb:.2f} | " + " | ".join(milliseconds(s) for s in stats.values()) + " |")
+        cells = [milliseconds(stats[b]) if b in stats else "-" for b in batches]
+        say(f"| {runtime} | {size_mb:.2f} | " + " | ".join(cells) + " |")
     return result

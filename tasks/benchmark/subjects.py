@@ -15,7 +15,15 @@ Forms (``RUNTIMES``):
   classes) — called on float images in [0, 1], as torchvision's detectors take them;
 - ``onnx``, ``onnx_int8``: the exported file in ONNX Runtime (float, and INT8 as ``--int8 true``
   writes it);
-- ``openvino``, ``openvino_int8``: the same in OpenVINO (when it is installed).
+- ``openvino``, ``openvino_int8``: the same in OpenVINO (when it is installed);
+- ``executorch``, ``executorch_int8``, ``tflite``, ``tflite_int8``: the phone files (``export --format
+  executorch|tflite``, float and ``--int8 true``) at the network's input size, in the ExecuTorch runtime and the
+  LiteRT interpreter (both XNNPACK), batch 1 only, as a phone runs them; images of another size are fitted to
+  the file's inside the call, as the runtime does for ``test``;
+- ``network_onnx``, ``network_openvino``, ``network_executorch``, ``network_tflite``: the network alone in that
+  runtime — normalization, backbone and head on images resized to its input size beforehand (not timed), no
+  decoding, NMS, upsampling or argmax — so that a file's row over its network's says what its pre- and
+  post-processing cost.
 
 References are torchvision's ``ssdlite320_mobilenet_v3_large``, ``deeplabv3_mobilenet_v3_large`` and
 ``lraspp_mobilenet_v3_large``, untrained (no weights are downloaded). Their ``eager`` form is the
@@ -49,10 +57,16 @@ from ..provenance import backbone_name
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("eager", "torchvision", "onnx", "onnx_int8", "openvino", "openvino_int8")
+PHONE_RUNTIMES = ("executorch", "executorch_int8", "tflite", "tflite_int8")
+NETWORK_RUNTIMES = ("network_onnx", "network_openvino", "network_executorch", "network_tflite")
+RUNTIMES = ("eager", "torchvision", "onnx", "onnx_int8", "openvino", "openvino_int8", *PHONE_RUNTIMES,
+            *NETWORK_RUNTIMES)
 RUNTIME_NAMES = {"eager": "PyTorch eager", "torchvision": "torchvision's pipeline (same weights)",
                  "onnx": "ONNX Runtime", "onnx_int8": "ONNX Runtime INT8", "openvino": "OpenVINO",
-                 "openvino_int8": "OpenVINO INT8"}
+                 "openvino_int8": "OpenVINO INT8", "executorch": "ExecuTorch", "executorch_int8": "ExecuTorch INT8",
+                 "tflite": "LiteRT", "tflite_int8": "LiteRT INT8", "network_onnx": "ONNX Runtime, network only",
+                 "network_openvino": "OpenVINO, network only", "network_executorch": "ExecuTorch, network only",
+                 "network_tflite": "LiteRT, network only"}
 REFERENCES = {"detect": ["ssdlite320_mobilenet_v3_large"],
               "segment": ["deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large"]}
 _SUFFIXES = {"onnx": "model.onnx", "onnx_int8": "model_int8.onnx", "openvino": "model.xml",
@@ -68,6 +82,7 @@ class Form:
     prepare: Callable[[torch.Tensor], Any] = lambda batch: batch  # untimed: the batch as this form takes it
     file: Path | None = None
     size_mb: float | None = None
+    batch_one: bool = False  # a phone file: timed at batch 1 only
 
 
 @dataclass
@@ -105,15 +120,22 @@ def state_size_mb(network: nn.Module) -> float:
 
 
 def available_runtimes(asked: list[str]) -> list[str]:
-    """The ones of ``asked`` this installation can run (OpenVINO is optional); a missing one is logged."""
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        missing = [r for r in asked if r.startswith("openvino")]
-        if missing:
-            log.warning("OpenVINO is not installed: %s left out (pip install openvino)", ", ".join(missing))
-        return [r for r in asked if not r.startswith("openvino")]
-    return list(asked)
+    """The ones of ``asked`` this installation can run (OpenVINO, ExecuTorch and LiteRT are optional); a missing
+    one is logged."""
+    import importlib.util
+
+    from ..deploy.mobile import LITERT_LAYER
+
+    available = list(asked)
+    for runtime, needs, have in (("openvino", "pip install openvino", importlib.util.find_spec("openvino")),
+                                 ("executorch", "pip install executorch", importlib.util.find_spec("executorch")),
+                                 ("tflite", f"make install (litert-torch in {LITERT_LAYER})",
+                                  (LITERT_LAYER / "litert_torch").is_dir())):
+        missing = [r for r in available if runtime in r]
+        if missing and not have:
+            log.warning("%s is not installed: %s left out (%s)", runtime, ", ".join(missing), needs)
+            available = [r for r in available if r not in missing]
+    return available
 
 
 def export_forms(subject: Subject, network: nn.Module, metadata: dict[str, Any], folder: Path,
@@ -149,6 +171,92 @@ def export_forms(subject: Subject, network: nn.Module, metadata: dict[str, Any],
                                       file_size_mb(files[runtime]))
 
 
+def phone_forms(subject: Subject, network: nn.Module, metadata: dict[str, Any], folder: Path, runtimes: list[str],
+                calibration: list[np.ndarray], threads: int) -> None:
+    """The phone files of ``runtimes`` (:data:`PHONE_RUNTIMES`) at the network's input size, written into ``folder``
+    as ``export --format executorch|tflite [--int8 true]`` writes them, added to ``subject``'s forms."""
+    from ..deploy.mobile import TFLITE_DETECTION_OUTPUTS, export_program, quantize_program, write_pte, write_tflite
+
+    size = list(subject.input_size)
+    with torch.no_grad():
+        outputs = list(network(torch.zeros(1, 3, *size, dtype=torch.uint8)))
+    for runtime in [r for r in PHONE_RUNTIMES if r in runtimes]:
+        int8 = runtime.endswith("int8")
+        tflite = runtime.startswith("tflite")
+        path = folder / f"model{'_int8' if int8 else ''}{'.tflite' if tflite else '.pte'}"
+        info = {**metadata, "format": runtime.split("_")[0], "precision": "int8" if int8 else "fp32",
+                "fixed_input_size": size, "outputs": outputs}
+        if tflite:
+            info.update(input_layout="NHWC",
+                        file_outputs=list(TFLITE_DETECTION_OUTPUTS) if subject.task == "detect" else outputs)
+        images = [torch.from_numpy(image) for image in calibration] if int8 else None
+        folder.mkdir(parents=True, exist_ok=True)
+        log.info("writing %s", path)
+        if tflite:
+            write_tflite(network, path, info, size, images)
+        else:
+            program = export_program(network, size) if images is None else quantize_program(network, size, images)
+            write_pte(program, path, info)
+        subject.forms[runtime] = Form(runtime, ExportedModel(path, threads=threads), file=path,
+                                      size_mb=file_size_mb(path), batch_one=True)
+
+
+class NetworkOnly(nn.Module):
+    """A Kestrel network without its pre- and post-processing: uint8 images already at its input size, normalized,
+    through the backbone and head; the detector's box regression and class logits, the segmenter's logits at
+    its input size, pose's heatmaps (one pass: no flip test)."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        network = self.network
+        x = network.input(images)
+        if hasattr(network, "heatmaps"):
+            return {"heatmaps": network.heatmaps(x)}
+        if hasattr(network, "logits"):
+            return {"logits": network.logits(x, aux=False)["out"]}
+        out = network.head(list(network.backbone(x).values()))
+        return {"bbox_regression": out["bbox_regression"], "cls_logits": out["cls_logits"]}
+
+
+def network_forms(subject: Subject, network: nn.Module, metadata: dict[str, Any], folder: Path,
+                  runtimes: list[str], threads: int) -> None:
+    """:class:`NetworkOnly` in the runtimes of ``runtimes`` (:data:`NETWORK_RUNTIMES`), called on images resized to
+    the input size beforehand (untimed)."""
+    from ..deploy.mobile import export_program, write_pte, write_tflite
+
+    asked = [r for r in NETWORK_RUNTIMES if r in runtimes]
+    if not asked:
+        return
+    size = list(subject.input_size)
+    alone = NetworkOnly(network).eval()
+    example = torch.zeros(1, 3, *size, dtype=torch.uint8)
+    with torch.no_grad():
+        outputs = list(alone(example))
+    info = {**metadata, "precision": "fp32", "network_only": True, "fixed_input_size": size, "outputs": outputs}
+    folder.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    if {"network_onnx", "network_openvino"} & set(asked):
+        files["network_onnx"] = export_onnx(alone, folder / "network.onnx", {**info, "format": "onnx"}, example=example)
+    if "network_openvino" in asked:
+        files["network_openvino"] = onnx_to_openvino(files["network_onnx"], folder / "network.xml",
+                                                     {**info, "format": "openvino"})
+    if "network_executorch" in asked:
+        files["network_executorch"] = write_pte(export_program(alone, size), folder / "network.pte",
+                                                {**info, "format": "executorch"})
+    if "network_tflite" in asked:
+        files["network_tflite"] = write_tflite(alone, folder / "network.tflite",
+                                               {**info, "format": "tflite", "input_layout": "NHWC"}, size)
+    prepare = _resized(size)
+    for runtime in asked:
+        phone = runtime in ("network_executorch", "network_tflite")
+        model = ExportedModel(files[runtime], threads=threads, spinning=False)
+        subject.forms[runtime] = Form(runtime, model, prepare, files[runtime], file_size_mb(files[runtime]),
+                                      batch_one=phone)
+
+
 # ------------------------------------------------------------------------------------------- Kestrel
 def kestrel_subject(name: str, task: Any, runtimes: list[str], input_hw: tuple[int, int], folder: Path,
                     calibration: list[np.ndarray], threads: int, config: Path | None = None,
@@ -171,6 +279,8 @@ def kestrel_subject(name: str, task: Any, runtimes: list[str], input_hw: tuple[i
     metadata = {**task.metadata(), "format": "onnx", "backbone": subject.backbone, "network": subject.head,
                 "checkpoint": str(checkpoint) if checkpoint else None}
     export_forms(subject, network, metadata, folder, runtimes, calibration, threads)
+    phone_forms(subject, network, metadata, folder, runtimes, calibration, threads)
+    network_forms(subject, network, metadata, folder, runtimes, threads)
     return subject
 
 
@@ -193,9 +303,14 @@ class _Normalized(nn.Module):
         return {"bbox_regression": out["bbox_regression"], "cls_logits": out["cls_logits"]}
 
 
-def _resized(side: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def _resized(size: int | list[int]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What resizes a uint8 batch to ``size`` (a side, or height and width), untimed."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
+
     def prepare(batch: torch.Tensor) -> torch.Tensor:
-        resized = F.interpolate(batch.float(), (side, side), mode="bilinear", align_corners=False)
+        if tuple(batch.shape[-2:]) == size:
+            return batch
+        resized = F.interpolate(batch.float(), size, mode="bilinear", align_corners=False)
         return resized.round().clamp(0, 255).to(torch.uint8)
 
     return prepare
