@@ -169,8 +169,21 @@ class SSDLite(SSD):
             x = torch.cat([self.input(image[None], (side, side)) for image in images])
         features = list(self.backbone(x).values())
         outputs = self.head(features)
-        anchors = self.anchor_generator(ImageList(x[:1], [(side, side)]), features)[0]
-        return self.postprocess(outputs["bbox_regression"], outputs["cls_logits"], anchors, sizes)
+        return self.postprocess(outputs["bbox_regression"], outputs["cls_logits"], self.default_boxes(x, features),
+                                sizes)
+
+    def default_boxes(self, x: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
+        """The anchors (torchvision's ``DefaultBoxGenerator``) of the ``image_size`` square and these feature maps,
+        made once per feature-map sizes, dtype and device and kept: an exported graph holds them as a constant
+        rather than computing them at every call (2.6 ms of the demo detector's 19 ms in ONNX Runtime)."""
+        key = (tuple(tuple(int(n) for n in f.shape[-2:]) for f in features), x.dtype, x.device, self.image_size)
+        cache = self.__dict__.setdefault("_default_boxes", {})  # not a buffer: no state-dict entry
+        if key in cache:
+            return cache[key]
+        boxes = self.anchor_generator(ImageList(x[:1], [(self.image_size,) * 2]), features)[0]
+        if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):  # (tracers' tensors are not values)
+            cache[key] = boxes.detach()
+        return boxes
 
     def postprocess(self, regression: torch.Tensor, logits: torch.Tensor, anchors: torch.Tensor,
                     sizes: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -194,3 +194,28 @@ def test_torch_export_traces_the_whole_detector_with_fixed_shapes(detector):
     found = exported.module()(other)
     for key in ("boxes", "scores", "labels", "num_detections"):
         torch.testing.assert_close(found[key], expected[key])
+
+
+def test_the_default_boxes_are_made_once_and_exported_as_a_constant(tmp_path):
+    """torchvision's anchors of the input square, made on the first call and kept (not a state-dict entry): the
+    exported graph holds them rather than computing them at every call."""
+    import onnx
+
+    from tasks.deploy.export import export_onnx
+
+    network = SSDLite(Backbone("mobilenet_v3_large", levels=[16, 32]), num_classes=3, image_size=96).eval()
+    images = torch.randint(0, 256, (1, 3, 80, 120), dtype=torch.uint8)
+    with torch.no_grad():
+        first = network(images)
+        x = network.input(images, (96, 96))
+        features = list(network.backbone(x).values())
+        boxes = network.default_boxes(x, features)
+        assert boxes is network.default_boxes(x, features)
+        from torchvision.models.detection.image_list import ImageList
+
+        assert torch.equal(boxes, network.anchor_generator(ImageList(x, [(96, 96)]), features)[0])
+    assert not any("default_boxes" in key for key in network.state_dict())
+    path = export_onnx(network, tmp_path / "model.onnx", {"task": "detect", "input_size": [96, 96]})
+    assert not [node.name for node in onnx.load(str(path)).graph.node if "anchor_generator" in node.name]
+    with torch.no_grad():
+        assert torch.equal(network(images)["boxes"], first["boxes"])
