@@ -89,16 +89,26 @@ def resize(x: torch.Tensor, size: Sequence[int] | Sequence[torch.Tensor],
     rows_low, rows_high, row_weight = _taps(height, size[0], extent[0], x.device)
     cols_low, cols_high, col_weight = _taps(width, size[1], extent[1], x.device)
     if columns_first:
-        left, right = x.index_select(-1, cols_low).float(), x.index_select(-1, cols_high).float()
-        x = left + (right - left) * col_weight
+        x = _columns(x, cols_low, cols_high, col_weight)
         top, bottom = x.index_select(-2, rows_low), x.index_select(-2, rows_high)
         x = top + (bottom - top) * row_weight[:, None]
     else:
         top, bottom = x.index_select(-2, rows_low).float(), x.index_select(-2, rows_high).float()
-        x = top + (bottom - top) * row_weight[:, None]
-        left, right = x.index_select(-1, cols_low), x.index_select(-1, cols_high)
-        x = left + (right - left) * col_weight
+        x = _columns(top + (bottom - top) * row_weight[:, None], cols_low, cols_high, col_weight)
     return x * inside_mask(size, extent, x.device) if padded else x
+
+
+def _columns(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x`` (float out) sampled along its last axis between columns ``low`` and ``high``. Traced for ONNX, the
+    columns are gathered as rows of the transposed image: ONNX Runtime gathers along the last axis element by
+    element, and this takes the resize of a 480x640 image to the demo detector's 192x192 from 2.8 to 0.9 ms
+    (OpenVINO 1.0 to 1.5 ms; both 2 threads, AMD EPYC). The arithmetic is the same, and so are the values."""
+    if not torch.jit.is_tracing():
+        left, right = x.index_select(-1, low).float(), x.index_select(-1, high).float()
+        return left + (right - left) * weight
+    x = x.transpose(-1, -2)
+    left, right = x.index_select(-2, low).float(), x.index_select(-2, high).float()
+    return (left + (right - left) * weight[:, None]).transpose(-1, -2)
 
 
 def longer_side_extent(images: torch.Tensor, side: int) -> torch.Tensor | list[int]:

@@ -18,8 +18,8 @@ Forms (``RUNTIMES``):
 - ``openvino``, ``openvino_int8``: the same in OpenVINO (when it is installed);
 - ``executorch``, ``executorch_int8``, ``tflite``, ``tflite_int8``: the phone files (``export --format
   executorch|tflite``, float and ``--int8 true``) at the network's input size, in the ExecuTorch runtime and the
-  LiteRT interpreter (both XNNPACK), batch 1 only, as a phone runs them; images of another size are fitted to
-  the file's inside the call, as the runtime does for ``test``;
+  LiteRT interpreter (both XNNPACK), batch 1 only, as a phone runs them, on images resized to the file's input
+  size beforehand (not timed: an app's camera pipeline scales its frames);
 - ``network_onnx``, ``network_openvino``, ``network_executorch``, ``network_tflite``: the network alone in that
   runtime — normalization, backbone and head on images resized to its input size beforehand (not timed), no
   decoding, NMS, upsampling or argmax — so that a file's row over its network's says what its pre- and
@@ -197,8 +197,8 @@ def phone_forms(subject: Subject, network: nn.Module, metadata: dict[str, Any], 
         else:
             program = export_program(network, size) if images is None else quantize_program(network, size, images)
             write_pte(program, path, info)
-        subject.forms[runtime] = Form(runtime, ExportedModel(path, threads=threads), file=path,
-                                      size_mb=file_size_mb(path), batch_one=True)
+        subject.forms[runtime] = Form(runtime, ExportedModel(path, threads=threads), _resized(size), path,
+                                      file_size_mb(path), batch_one=True)
 
 
 class NetworkOnly(nn.Module):
