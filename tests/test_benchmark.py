@@ -105,12 +105,18 @@ def test_torchvisions_segmenters_as_references(tmp_path):
     assert (subject.forms["onnx"].call(images)["labels"] == eager).float().mean() > 0.999
 
 
-def test_untrained_without_data_runs_on_random_images(tmp_path, capsys):
-    config = tmp_path / "pose_tiny.yaml"
+def untrained_pose_config(folder: Path) -> Path:
+    """The demo pose config at 64x64, its data and runs folders empty: untrained weights on random images."""
+    config = folder / "pose_tiny.yaml"
     section = yaml.safe_load((DEMO_CONFIGS / "pose_mbv2_shapes.yaml").read_text())
-    section["data"].update(root=str(tmp_path / "nothing_here"), image_size=[64, 64])
-    section["trainer"]["default_root_dir"] = str(tmp_path / "no_runs")
+    section["data"].update(root=str(folder / "nothing_here"), image_size=[64, 64])
+    section["trainer"]["default_root_dir"] = str(folder / "no_runs")
     config.write_text(yaml.safe_dump(section))
+    return config
+
+
+def test_untrained_without_data_runs_on_random_images(tmp_path, capsys):
+    config = untrained_pose_config(tmp_path)
     result = run([config], "best", ["eager", "onnx"], batches=[1], repeats=1, threads=1, out=tmp_path / "bench")
     assert [(r["runtime"], r["accuracy"]) for r in result["rows"]] == [("eager", None), ("onnx", None)]
     assert result["rows"][1]["agreement"].startswith("keypoints within")
@@ -120,11 +126,7 @@ def test_untrained_without_data_runs_on_random_images(tmp_path, capsys):
 # the phone files under the slow marker (30 s to lower two programs); ONNX and its network alone by default
 @pytest.mark.parametrize("phone", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_phone_files_and_networks_alone_beside_the_others(phone, tmp_path):
-    config = tmp_path / "pose_tiny.yaml"
-    section = yaml.safe_load((DEMO_CONFIGS / "pose_mbv2_shapes.yaml").read_text())
-    section["data"].update(root=str(tmp_path / "nothing_here"), image_size=[64, 64])
-    section["trainer"]["default_root_dir"] = str(tmp_path / "no_runs")
-    config.write_text(yaml.safe_dump(section))
+    config = untrained_pose_config(tmp_path)
     files = ["onnx", "executorch"] if phone else ["onnx"]
     runtimes = ["eager", *files, *(f"network_{runtime}" for runtime in files)]
     result = run([config], None, runtimes, batches=[1, 2], repeats=1, threads=1, out=tmp_path / "bench")
@@ -186,11 +188,7 @@ def test_a_page_keeps_each_commands_block_and_the_text_around_it(tmp_path):
 
 
 def test_markdown_option_writes_the_tables_with_machine_and_command(tmp_path, capsys):
-    config = tmp_path / "pose_tiny.yaml"
-    section = yaml.safe_load((DEMO_CONFIGS / "pose_mbv2_shapes.yaml").read_text())
-    section["data"].update(root=str(tmp_path / "nothing_here"), image_size=[64, 64])
-    section["trainer"]["default_root_dir"] = str(tmp_path / "no_runs")
-    config.write_text(yaml.safe_dump(section))
+    config = untrained_pose_config(tmp_path)
     page = tmp_path / "page.md"
     argv = [str(config), "--runtimes", "eager", "--no-references", "--batch", "1", "--repeats", "1", "--threads", "1",
             "--out", str(tmp_path / "bench"), "--markdown", str(page)]

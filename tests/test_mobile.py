@@ -26,11 +26,11 @@ from tasks.deploy.export import export_task
 from tasks.deploy.mobile import (
     _coreml_compatible,
     check_coreml,
-    export_program,
     fit_image,
+    phone_metadata,
     quantize_program,
     write_coreml,
-    write_pte,
+    write_phone_file,
     write_tflite,
 )
 from tasks.deploy.runtime import ExportedModel, file_size_mb, is_exported, read_metadata, run_images
@@ -48,18 +48,21 @@ SUFFIX = {"executorch": ".pte", "tflite": ".tflite"}
 
 def write(network, task: str, path, int8_images=None, size=None) -> ExportedModel:
     """``network`` as a phone file (by ``path``'s suffix) of input ``size`` (default: the network's), run."""
-    metadata = {"task": task, **TASKS[task][1]}
-    size = size or metadata["input_size"]
-    with torch.no_grad():
-        outputs = list(network(torch.zeros(1, 3, *size, dtype=torch.uint8)))
-    metadata.update(fixed_input_size=size, outputs=outputs)
-    if str(path).endswith(".tflite"):
-        write_tflite(network, path, metadata, size, int8_images)
-    else:
-        program = (export_program(network, size) if int8_images is None
-                   else quantize_program(network, size, int8_images))
-        write_pte(program, path, metadata)
+    size = size or TASKS[task][1]["input_size"]
+    fmt = "tflite" if str(path).endswith(".tflite") else "executorch"
+    metadata = phone_metadata(network, {"task": task, **TASKS[task][1], "format": fmt}, size)
+    write_phone_file(network, path, metadata, size, int8_images)
     return ExportedModel(path, threads=1)
+
+
+def against_eager(task: str, network, exported: ExportedModel, size, box_tolerance: float) -> dict:
+    """How ``exported`` follows eager ``network`` on the task's test images fitted to ``size``, the same pixels for
+    both (eager's first detections, as many as the file's budget holds)."""
+    fitted = [fit_image(image, size) for image in TASKS[task][2]]
+    with torch.no_grad():
+        expected = run_images(network, fitted)
+    got = run_images(exported, fitted)
+    return agreement(task, budget(expected, got), got, box_tolerance=box_tolerance)
 
 
 def tiny_detector() -> SSDLite:
@@ -73,28 +76,21 @@ def tiny_detector() -> SSDLite:
 def test_a_small_detector_lowered_to_executorch_gives_pytorchs_outputs(tmp_path):
     network = tiny_detector()
     exported = write(network, "detect", tmp_path / "model.pte")
-    fitted = [fit_image(image, [96, 96]) for image in TASKS["detect"][2]]
-    with torch.no_grad():
-        expected = run_images(network, fitted)
-    got = run_images(exported, fitted)
-    stats = agreement("detect", budget(expected, got), got, box_tolerance=0.096)
+    stats = against_eager("detect", network, exported, [96, 96], box_tolerance=0.096)
     assert stats["detections"] > 20 and faithful("detect", stats), summarize("detect", stats)
     the_file_carries_its_interface_and_maps_images_of_other_sizes_back(exported, tmp_path / "model.pte")
 
 
 @pytest.mark.parametrize("name,task,fmt", CASES)
 def test_a_phone_file_gives_pytorchs_outputs(name, task, fmt, tmp_path):
-    build, metadata, inputs = TASKS[task]
+    build, metadata, _ = TASKS[task]
     network = build(name)
     if task == "detect":  # NMS unrolled over 40 candidates rather than 100: converted in half the time
         network.detections_per_img = 40
     path = tmp_path / f"model{SUFFIX[fmt]}"
     exported = write(network, task, path)
-    fitted = [fit_image(image, metadata["input_size"]) for image in inputs]
-    with torch.no_grad():
-        expected = run_images(network, fitted)
-    got = run_images(exported, fitted)
-    stats = agreement(task, budget(expected, got), got, box_tolerance=1e-3 * max(metadata["input_size"]))
+    size = metadata["input_size"]
+    stats = against_eager(task, network, exported, size, box_tolerance=1e-3 * max(size))
     if task == "detect":
         assert stats["detections"] > 20, "degenerate comparison"
     assert faithful(task, stats), summarize(task, stats)
@@ -140,11 +136,10 @@ def test_an_unreadable_program_is_refused_with_its_name(tmp_path):
                                              ("pose", lambda: pose("mobilenet_v3_large"), False)])
 def test_a_core_ml_package_carries_the_contracts_interface(task, build, int8, tmp_path):
     network = build()
-    metadata = {"task": task, **TASKS[task][1], "precision": "int8" if int8 else "fp32"}
-    size = metadata["input_size"]
-    with torch.no_grad():
-        outputs = list(network(torch.zeros(1, 3, *size, dtype=torch.uint8)))
-    metadata.update(fixed_input_size=size, outputs=outputs)
+    size = TASKS[task][1]["input_size"]
+    metadata = phone_metadata(network, {"task": task, **TASKS[task][1], "format": "coreml",
+                                        "precision": "int8" if int8 else "fp32"}, size)
+    outputs = metadata["outputs"]
     path = write_coreml(network, tmp_path / "model.mlpackage", metadata, size, int8)
     assert path.is_dir() and is_exported(path) and read_metadata(path) == metadata
     assert check_coreml(path).startswith(f"Core ML spec checked: input RGB image {size[0]}x{size[1]}, outputs "
@@ -256,9 +251,5 @@ def test_a_file_of_another_input_size_resizes_inside_as_eager_does(suffix, tmp_p
     network = tiny_detector()
     exported = write(network, "detect", tmp_path / f"model{suffix}", size=[128, 160])
     assert exported.metadata["fixed_input_size"] == [128, 160] and exported.metadata["input_size"] == [96, 96]
-    fitted = [fit_image(image, [128, 160]) for image in TASKS["detect"][2]]
-    with torch.no_grad():
-        expected = run_images(network, fitted)
-    got = run_images(exported, fitted)
-    stats = agreement("detect", budget(expected, got), got, box_tolerance=0.16)
+    stats = against_eager("detect", network, exported, [128, 160], box_tolerance=0.16)
     assert stats["detections"] > 20 and faithful("detect", stats), summarize("detect", stats)

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from ..cli import find_checkpoint
 from ..deploy.agreement import budget
 from ..deploy.export import split_images
-from ..deploy.mobile import fit_image
 from ..deploy.runtime import unbatch
 from ..from_config import CONFIGS, config_path, config_task, data_from_config, read_config, task_class, task_from_config
 from .accuracy import MAIN_METRICS, agreement_text, compare, score
@@ -222,14 +221,13 @@ def run(configs: Sequence[str | Path] = DEFAULT_CONFIGS, ckpt_path: str | None =
     with torch.inference_mode():
         for subject in subjects:
             largest = inputs[subject.name][max(batches)]
-            small = fit_image(largest, subject.input_size)
-            outputs[subject.name] = {runtime: _per_image(form.call(small if runtime in PHONE_RUNTIMES
-                                                                   else form.prepare(largest)))
+            outputs[subject.name] = {runtime: _per_image(form.call(form.prepare(largest)))
                                      for runtime, form in subject.forms.items()
                                      if not (subject.reference and subject.task == "detect" and runtime != "eager")
                                      and runtime not in NETWORK_RUNTIMES}
-            if "eager" in subject.forms and any(runtime in PHONE_RUNTIMES for runtime in subject.forms):
-                fitted[subject.name] = _per_image(subject.forms["eager"].call(small))
+            phone = next((form for runtime, form in subject.forms.items() if runtime in PHONE_RUNTIMES), None)
+            if "eager" in subject.forms and phone is not None:  # the pixels the phone files are given
+                fitted[subject.name] = _per_image(subject.forms["eager"].call(phone.prepare(largest)))
     rows = []
     for subject in subjects:
         scores = {}

@@ -175,28 +175,18 @@ def phone_forms(subject: Subject, network: nn.Module, metadata: dict[str, Any], 
                 calibration: list[np.ndarray], threads: int) -> None:
     """The phone files of ``runtimes`` (:data:`PHONE_RUNTIMES`) at the network's input size, written into ``folder``
     as ``export --format executorch|tflite [--int8 true]`` writes them, added to ``subject``'s forms."""
-    from ..deploy.mobile import TFLITE_DETECTION_OUTPUTS, export_program, quantize_program, write_pte, write_tflite
+    from ..deploy.mobile import phone_metadata, write_phone_file
 
     size = list(subject.input_size)
-    with torch.no_grad():
-        outputs = list(network(torch.zeros(1, 3, *size, dtype=torch.uint8)))
+    folder.mkdir(parents=True, exist_ok=True)
     for runtime in [r for r in PHONE_RUNTIMES if r in runtimes]:
         int8 = runtime.endswith("int8")
-        tflite = runtime.startswith("tflite")
-        path = folder / f"model{'_int8' if int8 else ''}{'.tflite' if tflite else '.pte'}"
-        info = {**metadata, "format": runtime.split("_")[0], "precision": "int8" if int8 else "fp32",
-                "fixed_input_size": size, "outputs": outputs}
-        if tflite:
-            info.update(input_layout="NHWC",
-                        file_outputs=list(TFLITE_DETECTION_OUTPUTS) if subject.task == "detect" else outputs)
+        path = folder / f"model{'_int8' if int8 else ''}{'.tflite' if runtime.startswith('tflite') else '.pte'}"
+        info = phone_metadata(network, {**metadata, "format": runtime.split("_")[0],
+                                        "precision": "int8" if int8 else "fp32"}, size)
         images = [torch.from_numpy(image) for image in calibration] if int8 else None
-        folder.mkdir(parents=True, exist_ok=True)
         log.info("writing %s", path)
-        if tflite:
-            write_tflite(network, path, info, size, images)
-        else:
-            program = export_program(network, size) if images is None else quantize_program(network, size, images)
-            write_pte(program, path, info)
+        write_phone_file(network, path, info, size, images)
         subject.forms[runtime] = Form(runtime, ExportedModel(path, threads=threads), _resized(size), path,
                                       file_size_mb(path), batch_one=True)
 
@@ -225,7 +215,7 @@ def network_forms(subject: Subject, network: nn.Module, metadata: dict[str, Any]
                   runtimes: list[str], threads: int) -> None:
     """:class:`NetworkOnly` in the runtimes of ``runtimes`` (:data:`NETWORK_RUNTIMES`), called on images resized to
     the input size beforehand (untimed)."""
-    from ..deploy.mobile import export_program, write_pte, write_tflite
+    from ..deploy.mobile import phone_metadata, write_phone_file
 
     asked = [r for r in NETWORK_RUNTIMES if r in runtimes]
     if not asked:
@@ -233,9 +223,7 @@ def network_forms(subject: Subject, network: nn.Module, metadata: dict[str, Any]
     size = list(subject.input_size)
     alone = NetworkOnly(network).eval()
     example = torch.zeros(1, 3, *size, dtype=torch.uint8)
-    with torch.no_grad():
-        outputs = list(alone(example))
-    info = {**metadata, "precision": "fp32", "network_only": True, "fixed_input_size": size, "outputs": outputs}
+    info = {**metadata, "precision": "fp32", "network_only": True}
     folder.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
     if {"network_onnx", "network_openvino"} & set(asked):
@@ -243,12 +231,10 @@ def network_forms(subject: Subject, network: nn.Module, metadata: dict[str, Any]
     if "network_openvino" in asked:
         files["network_openvino"] = onnx_to_openvino(files["network_onnx"], folder / "network.xml",
                                                      {**info, "format": "openvino"})
-    if "network_executorch" in asked:
-        files["network_executorch"] = write_pte(export_program(alone, size), folder / "network.pte",
-                                                {**info, "format": "executorch"})
-    if "network_tflite" in asked:
-        files["network_tflite"] = write_tflite(alone, folder / "network.tflite",
-                                               {**info, "format": "tflite", "input_layout": "NHWC"}, size)
+    for runtime, name in (("network_executorch", "network.pte"), ("network_tflite", "network.tflite")):
+        if runtime in asked:
+            described = phone_metadata(alone, {**info, "format": runtime.removeprefix("network_")}, size)
+            files[runtime] = write_phone_file(alone, folder / name, described, size)
     prepare = _resized(size)
     for runtime in asked:
         phone = runtime in ("network_executorch", "network_tflite")

@@ -34,15 +34,12 @@ from .agreement import agreement, budget, faithful, summarize
 from .mobile import (
     COREML_SUFFIX,
     PTE_SUFFIX,
-    TFLITE_DETECTION_OUTPUTS,
     TFLITE_SUFFIX,
     check_coreml,
-    export_program,
     fit_image,
-    quantize_program,
+    phone_metadata,
     write_coreml,
-    write_pte,
-    write_tflite,
+    write_phone_file,
 )
 from .quantize import DEFAULT_KEEP_FLOAT, QUANTIZED_OPS, Calibration, KeepFloat, quantize_int8
 from .runtime import (
@@ -200,13 +197,7 @@ def _export_mobile(task: KestrelTask, network: nn.Module, datamodule: pl.Lightni
     if task.task == "pose" and size != list(task.input_size()):
         raise ValueError(f"--input_size: a pose file takes person crops of the model's size {list(task.input_size())}, "
                          f"got {size}")
-    with torch.no_grad():
-        outputs = list(network(torch.zeros(1, 3, *size, dtype=torch.uint8)))
-    metadata.update(fixed_input_size=size, outputs=outputs)
-    tflite = metadata["format"] == "tflite"
-    if tflite:
-        metadata.update(input_layout="NHWC",
-                        file_outputs=list(TFLITE_DETECTION_OUTPUTS) if task.task == "detect" else outputs)
+    metadata.update(phone_metadata(network, metadata, size))
     if metadata["format"] == "coreml":
         if int8:
             metadata["int8"] = {"quantizer": "coremltools linear_quantize_weights: weights per channel (int8), "
@@ -215,6 +206,7 @@ def _export_mobile(task: KestrelTask, network: nn.Module, datamodule: pl.Lightni
               f"input {size[0]}x{size[1]} (converted by coremltools: about a minute)")
         write_coreml(network, path, metadata, size, int8)
         return
+    tflite = metadata["format"] == "tflite"
     images = None
     if int8:
         images = split_images(datamodule, "train", calibration_images)
@@ -228,13 +220,10 @@ def _export_mobile(task: KestrelTask, network: nn.Module, datamodule: pl.Lightni
     if tflite:
         print(f"Exporting {metadata['network']} on {metadata['backbone']} to LiteRT, input 1x{size[0]}x{size[1]}x3 "
               "(converted by litert-torch: about a minute)")
-        write_tflite(network, path, metadata, size, images)
-        return
-    print(f"Exporting {metadata['network']} on {metadata['backbone']} to ExecuTorch (XNNPACK), "
-          f"input 1x3x{size[0]}x{size[1]}")
-    program = export_program(network, size) if images is None else quantize_program(network, size, images)
-    print("Lowering to XNNPACK (about a minute)")
-    write_pte(program, path, metadata)
+    else:
+        print(f"Exporting {metadata['network']} on {metadata['backbone']} to ExecuTorch (XNNPACK), "
+              f"input 1x3x{size[0]}x{size[1]} (traced, then lowered to XNNPACK: about a minute)")
+    write_phone_file(network, path, metadata, size, images)
 
 
 def _export_onnx_or_openvino(network: nn.Module, datamodule: pl.LightningDataModule | None, path: Path, format: str,

@@ -152,6 +152,29 @@ def write_pte(program: torch.export.ExportedProgram, path: str | Path, metadata:
     return path
 
 
+def phone_metadata(network: nn.Module, metadata: dict[str, Any], size: Sequence[int]) -> dict[str, Any]:
+    """``metadata`` (its ``format`` one of ``executorch``, ``tflite``, ``coreml``) with what a file of one input
+    ``size`` adds: ``fixed_input_size``, the network's ``outputs``, and for LiteRT its layout and the file's own
+    outputs (a detector's four, :data:`TFLITE_DETECTION_OUTPUTS`)."""
+    with torch.no_grad():
+        outputs = list(network(torch.zeros(1, 3, *size, dtype=torch.uint8)))
+    described = {**metadata, "fixed_input_size": [int(side) for side in size], "outputs": outputs}
+    if metadata["format"] == "tflite":
+        described.update(input_layout="NHWC",
+                         file_outputs=list(TFLITE_DETECTION_OUTPUTS) if "boxes" in outputs else outputs)
+    return described
+
+
+def write_phone_file(network: nn.Module, path: str | Path, metadata: dict[str, Any], size: Sequence[int],
+                     calibration: Iterable[torch.Tensor] | None = None) -> Path:
+    """``network`` as a ``.tflite`` or ``.pte`` file (by ``path``'s suffix) of input ``size``, INT8 when
+    ``calibration`` images are given."""
+    if Path(path).suffix.lower() == TFLITE_SUFFIX:
+        return write_tflite(network, path, metadata, size, calibration)
+    program = export_program(network, size) if calibration is None else quantize_program(network, size, calibration)
+    return write_pte(program, path, metadata)
+
+
 def read_pte_metadata(program) -> str | None:
     """The ``kestrel`` metadata JSON of a loaded ExecuTorch program, or None."""
     if METADATA_METHOD not in program.method_names:
