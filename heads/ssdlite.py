@@ -189,16 +189,13 @@ class SSDLite(SSD):
                     sizes: torch.Tensor) -> dict[str, torch.Tensor]:
         """Decoded, suppressed detections of a batch, boxes scaled from the input size to ``sizes``."""
         n, count = regression.shape[:2]
-        boxes = self.box_coder.decode_single(regression.reshape(-1, 4), anchors.expand(n, -1, -1).reshape(-1, 4))
-        boxes = clip_boxes_to_image(boxes.reshape(n, count, 4), (self.image_size, self.image_size))
         scores = F.softmax(logits, dim=-1)[..., 1:].transpose(1, 2)  # (N, classes, boxes), background dropped
-        # torchvision keeps the topk_candidates best boxes of each class above the score threshold
-        candidates = min(self.topk_candidates, count)
-        best, index = scores.topk(candidates, dim=-1)
-        scores = torch.zeros_like(scores).scatter(-1, index, best)
         if self.fixed_candidates is not None:
-            return self._fixed_shape_detections(boxes, scores, sizes)
-        selected = batched_nms(boxes, scores, candidates, self.nms_thresh, self.score_thresh)
+            return self._fixed_shape_detections(regression, anchors, scores, sizes)
+        boxes = self._decode(regression, anchors.expand(n, -1, -1))
+        # torchvision keeps the topk_candidates best boxes of each class above the score threshold
+        scores = self._class_candidates(scores)
+        selected = batched_nms(boxes, scores, min(self.topk_candidates, count), self.nms_thresh, self.score_thresh)
         image, label, box = selected[:, 0], selected[:, 1], selected[:, 2]
         flat = scores.new_full((n, scores.shape[1] * count), -1.0)
         flat[image, label * count + box] = scores[image, label, box]
@@ -213,14 +210,31 @@ class SSDLite(SSD):
             "num_detections": found.sum(1),
         }
 
-    def _fixed_shape_detections(self, boxes: torch.Tensor, scores: torch.Tensor, sizes: torch.Tensor
-                                ) -> dict[str, torch.Tensor]:
-        """:meth:`postprocess` after the per-class candidates, with every shape fixed (:meth:`fixed_shapes`)."""
+    def _decode(self, regression: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+        """``(N, M, 4)`` boxes in input pixels from the regression of ``M`` anchors ``(N, M, 4)`` each."""
+        n, count = regression.shape[:2]
+        boxes = self.box_coder.decode_single(regression.reshape(-1, 4), anchors.reshape(-1, 4))
+        return clip_boxes_to_image(boxes.reshape(n, count, 4), (self.image_size, self.image_size))
+
+    def _class_candidates(self, scores: torch.Tensor) -> torch.Tensor:
+        """``scores`` ``(N, classes, boxes)`` with all but the ``topk_candidates`` best of each class set to 0."""
+        best, index = scores.topk(min(self.topk_candidates, scores.shape[-1]), dim=-1)
+        return torch.zeros_like(scores).scatter(-1, index, best)
+
+    def _fixed_shape_detections(self, regression: torch.Tensor, anchors: torch.Tensor, scores: torch.Tensor,
+                                sizes: torch.Tensor) -> dict[str, torch.Tensor]:
+        """:meth:`postprocess` with every shape fixed (:meth:`fixed_shapes`): only the ``K`` best class scores of each
+        image are decoded and suppressed.
+
+        Each of an image's ``K`` best class scores is among the ``K`` best of its class, so when ``K`` is within
+        ``topk_candidates`` the per-class cut cannot change them and is skipped."""
         n, classes, count = scores.shape
         budget = min(self.fixed_candidates, classes * count)
+        if budget > min(self.topk_candidates, count):
+            scores = self._class_candidates(scores)
         score, index = scores.flatten(1).topk(budget, dim=1)  # (N, K): the best class scores of each image
         label, box = torch.div(index, count, rounding_mode="floor"), index % count
-        boxes = boxes.gather(1, box[..., None].expand(-1, -1, 4))
+        boxes = self._decode(regression.gather(1, box[..., None].expand(-1, -1, 4)), anchors[box])
         keep = torch.stack([fixed_shape_nms(boxes[i], score[i], label[i], score[i] > self.score_thresh,
                                             self.nms_thresh) for i in range(n)])
         kept, order = torch.where(keep, score, -1.0).topk(budget, dim=1)  # kept first, best first

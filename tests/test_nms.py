@@ -1,5 +1,7 @@
-"""The fixed-shape NMS equals torchvision's ``batched_nms`` exactly, and ``torch.export`` traces it."""
+"""The fixed-shape NMS equals torchvision's ``batched_nms`` exactly, and ``torch.export`` traces it; lowered to
+ExecuTorch's XNNPACK it still does."""
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,11 +23,15 @@ def reference(boxes, scores, labels, valid, iou_threshold):
     return torch.zeros_like(valid).index_fill(0, keep, True)
 
 
+ROWS = 24  # the most candidates a case has
+THRESHOLDS = (0.0, 0.25, 0.5, 0.55, 0.7, 1.0)
+
+
 @st.composite
 def candidates(draw):
     """Random boxes with the cases greedy NMS gets wrong when approximated: identical boxes, tied scores, pairs at
     the threshold, zero-area boxes, invalid (padding) rows, one class or many."""
-    count = draw(st.integers(0, 40))
+    count = draw(st.integers(0, ROWS))
     grid = draw(st.sampled_from([1.0, 4.0, 16.0]))  # coarse grids make identical boxes and exact IoU ties
     coordinate = st.integers(0, 16).map(lambda v: v * grid)
     rows = draw(st.lists(st.tuples(coordinate, coordinate, st.integers(0, 8).map(lambda v: v * grid),
@@ -36,7 +42,7 @@ def candidates(draw):
     labels = torch.tensor(draw(st.lists(st.integers(0, draw(st.integers(0, 3))), min_size=count, max_size=count)),
                           dtype=torch.int64)
     valid = torch.tensor(draw(st.lists(st.booleans(), min_size=count, max_size=count)), dtype=torch.bool)
-    threshold = draw(st.sampled_from([0.0, 0.25, 0.5, 0.55, 0.7, 1.0]))
+    threshold = draw(st.sampled_from(THRESHOLDS))
     return boxes, scores, labels, valid, threshold
 
 
@@ -62,11 +68,13 @@ def test_fixed_shape_nms_on_many_random_candidates():
                            reference(boxes, scores, labels, valid, 0.55))
 
 
+class Suppress(torch.nn.Module):
+    def forward(self, boxes, scores, labels):
+        scores, order = scores.topk(scores.shape[0])
+        return fixed_shape_nms(boxes[order], scores, labels[order], scores > 0.2, 0.5)
+
+
 def test_torch_export_traces_it_with_fixed_shapes():
-    class Suppress(torch.nn.Module):
-        def forward(self, boxes, scores, labels):
-            scores, order = scores.topk(scores.shape[0])
-            return fixed_shape_nms(boxes[order], scores, labels[order], scores > 0.2, 0.5)
 
     corner = torch.rand(32, 2) * 50
     inputs = (torch.cat([corner, corner + 20], 1), torch.rand(32), torch.randint(0, 3, (32,)))
@@ -74,3 +82,40 @@ def test_torch_export_traces_it_with_fixed_shapes():
     corner = torch.rand(32, 2) * 50  # other values, same shapes
     other = (torch.cat([corner, corner + 20], 1), torch.rand(32), torch.randint(0, 3, (32,)))
     assert torch.equal(exported.module()(*other), Suppress()(*other))
+
+
+class SuppressAt(torch.nn.Module):
+    """The NMS with the threshold an input too, so that one lowered program serves every case."""
+
+    def forward(self, boxes, scores, labels, valid, threshold):
+        return fixed_shape_nms(boxes, scores, labels, valid, threshold)
+
+
+@pytest.fixture(scope="module")
+def lowered():
+    """The NMS over ``ROWS`` candidates lowered to ExecuTorch (XNNPACK, as the phone files are) and its buffer."""
+    pytest.importorskip("executorch")
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+    from executorch.extension.pybindings.portable_lib import _load_for_executorch_from_buffer
+
+    example = (torch.zeros(ROWS, 4), torch.zeros(ROWS), torch.zeros(ROWS, dtype=torch.int64),
+               torch.zeros(ROWS, dtype=torch.bool), torch.tensor(0.5))
+    program = torch.export.export(SuppressAt(), example)
+    buffer = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch().buffer
+    return _load_for_executorch_from_buffer(buffer), buffer  # the runtime reads the buffer: keep it
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.function_scoped_fixture])
+@given(candidates())
+def test_executorch_runs_it_as_torchvision_does(lowered, case):
+    """XNNPACK's arithmetic (its division, subnormals flushed to zero) keeps every decision of torchvision's."""
+    boxes, scores, labels, valid, threshold = case
+    boxes, scores, labels, valid = best_first(boxes, scores, labels, valid)
+    pad = ROWS - len(boxes)  # padding rows come last and take no part
+    inputs = [torch.cat([boxes, torch.zeros(pad, 4)]), torch.cat([scores, torch.full((pad,), -1.0)]),
+              torch.cat([labels, torch.zeros(pad, dtype=torch.int64)]),
+              torch.cat([valid, torch.zeros(pad, dtype=torch.bool)])]
+    (keep,) = lowered[0].forward([*inputs, torch.tensor(threshold)])
+    assert torch.equal(keep[:len(boxes)], reference(boxes, scores, labels, valid, threshold))

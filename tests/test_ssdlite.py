@@ -166,21 +166,25 @@ def _rows(detections, image, count):
                       detections["boxes"][image, :count].tolist()))
 
 
-def test_fixed_shapes_give_the_usual_detections_best_first(detector):
+@pytest.mark.parametrize("budget, per_class", [(None, 300), (50, 300), (None, 20)])
+def test_fixed_shapes_give_the_usual_detections_best_first(detector, budget, per_class):
     """NMS keeps a box by the boxes that score higher only, so the fixed-shape path's detections are the first of
-    the usual ones."""
+    the usual ones; also when the per-class candidates (``topk_candidates``) are fewer than the budget."""
     images = torch.randint(0, 256, (2, 3, 240, 320), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        usual = detector(images)
-        for budget in (None, 50):
+    detector.topk_candidates = per_class
+    try:
+        with torch.no_grad():
+            usual = detector(images)
             with detector.fixed_shapes(budget):
                 fixed = detector(images)
-            assert fixed["boxes"].shape == usual["boxes"].shape
-            for image in range(2):
-                count = int(fixed["num_detections"][image])
-                assert 0 < count <= int(usual["num_detections"][image]) and count <= (budget or 300)
-                assert _rows(fixed, image, count) == _rows(usual, image, count)
-                assert fixed["scores"][image, count:].eq(0).all() and fixed["labels"][image, count:].eq(0).all()
+    finally:
+        detector.topk_candidates = 300
+    assert fixed["boxes"].shape == usual["boxes"].shape
+    for image in range(2):
+        count = int(fixed["num_detections"][image])
+        assert 0 < count <= int(usual["num_detections"][image]) and count <= (budget or 300)
+        assert _rows(fixed, image, count) == _rows(usual, image, count)
+        assert fixed["scores"][image, count:].eq(0).all() and fixed["labels"][image, count:].eq(0).all()
     assert detector.fixed_candidates is None  # the context restores the usual path
 
 
