@@ -8,6 +8,7 @@ the file: detections one for one (the first of eager's: the file's NMS visits a 
 boxes within 1e-3 of the input size, labels on at least 99.9 % of pixels, keypoints within 0.1 px.
 """
 
+import os
 from unittest.mock import patch
 
 import pytest
@@ -33,7 +34,14 @@ from tasks.deploy.mobile import (
     write_phone_file,
     write_tflite,
 )
-from tasks.deploy.runtime import ExportedModel, file_size_mb, is_exported, read_metadata, run_images
+from tasks.deploy.runtime import (
+    ExportedModel,
+    executorch_log_filtered,
+    file_size_mb,
+    is_exported,
+    read_metadata,
+    run_images,
+)
 
 # Each task on the issue's phone set (MobileNetV3-Large, MobileNetV2, EfficientNet-Lite0, MobileNetV4-small) in both
 # formats, and the rest of the registry (ExecuTorch detection), under the slow marker: by default the trained
@@ -126,6 +134,17 @@ def test_an_unreadable_program_is_refused_with_its_name(tmp_path):
         read_metadata(tmp_path / "broken.tflite")
     with pytest.raises(FileNotFoundError, match="missing.pte"):
         ExportedModel(tmp_path / "missing.pte")
+
+
+def test_executorchs_load_noise_is_held_back_and_its_warnings_kept(capfd):
+    """ExecuTorch's runtime writes its CPU probe to the process's stderr on every load (C++, not Python logging):
+    those lines are dropped, any other line of the runtime's is written out."""
+    with executorch_log_filtered():
+        os.write(2, b"[cpuinfo_utils.cpp:87] Failed to open midr file /sys/devices/soc0/image_version\n")
+        os.write(2, b"[threadpool.cpp:66] Resetting threadpool to 2 threads.\n")
+        os.write(2, b"[method.cpp:128] Init failed for backend : 0x11\n")
+    err = capfd.readouterr().err
+    assert "cpuinfo" not in err and "threadpool" not in err and "[method.cpp:128] Init failed" in err
 
 
 # Core ML on the issue's first phone backbone: every task's post-processing (the detector's NMS, segmentation's

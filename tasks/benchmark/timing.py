@@ -22,22 +22,25 @@ import torch
 
 
 def interleaved(models: Mapping[str, Callable[[Any], object]], batches: Mapping[str, Mapping[int, Any]], repeats: int,
-                rounds: int = 5, progress: Callable[[str], None] | None = None) -> dict[str, dict[int, list[float]]]:
+                rounds: int | None = None, progress: Callable[[str], None] | None = None
+                ) -> dict[str, dict[int, list[float]]]:
     """Milliseconds of ``repeats`` calls of each model on each batch.
 
     Args:
         models: Name -> callable taking a batch.
         batches: For each model, batch size -> what it is called with.
         repeats: Timed calls per model and batch size.
-        rounds: How many turns ``repeats`` are spread over (each turn one untimed call first).
-        progress: Told each round's number as it starts.
+        rounds: How many turns ``repeats`` are spread over (each turn one untimed call first). By default one
+            per timed call: the models take turns call by call, so that a slow spell of a shared machine falls on
+            all of them alike and their ratios (a file's pipeline cost over its network) hold.
+        progress: Told at each tenth of the rounds.
     """
-    rounds = max(1, min(rounds, repeats))
+    rounds = max(1, min(rounds or repeats, repeats))
     per_turn = math.ceil(repeats / rounds)
     times: dict[str, dict[int, list[float]]] = {name: {} for name in models}
     with torch.inference_mode():
         for round_ in range(rounds):
-            if progress:
+            if progress and round_ % max(1, rounds // 10) == 0:
                 progress(f"round {round_ + 1}/{rounds}")
             for name, model in models.items():
                 for size, batch in batches[name].items():

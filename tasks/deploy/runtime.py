@@ -9,9 +9,14 @@ with the module's behaviour, and :func:`run_images` runs either on a list of ima
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
-from collections.abc import Callable, Sequence
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -143,14 +148,50 @@ def _openvino():
 
 
 def _executorch_program(path: Path):
+    """The loaded program of a ``.pte`` file: one load per file and version, shared by its metadata and its run."""
     try:
-        from executorch.runtime import Runtime
+        import executorch.runtime  # noqa: F401
     except ImportError:
         raise ImportError("ExecuTorch is not installed: pip install executorch (constraints.txt pins it)") from None
+    stat = path.stat()
     try:
-        return Runtime.get().load_program(path)
+        return _load_executorch_program(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
     except Exception as err:  # noqa: BLE001 - the runtime raises RuntimeError or ValueError
         raise ValueError(f"exported model {str(path)!r} is not a readable ExecuTorch program: {err}") from None
+
+
+@functools.lru_cache(maxsize=4)
+def _load_executorch_program(path: str, modified: int, size: int):
+    from executorch.runtime import Runtime
+
+    with executorch_log_filtered():
+        return Runtime.get().load_program(Path(path))
+
+
+#: what ExecuTorch 1.5.1's runtime writes to stderr on every load, at its Info level (a compile-time setting of
+#: its wheel): its probe of the CPU, which reads ARM-only files, and the thread pool's size
+EXECUTORCH_NOISE = re.compile(r"\[(cpuinfo_utils|threadpool)\.cpp:\d+\] ")
+
+
+@contextlib.contextmanager
+def executorch_log_filtered() -> Iterator[None]:
+    """Within this context, the lines that ExecuTorch's C++ runtime writes to the process's stderr are held back,
+    and those that are not :data:`EXECUTORCH_NOISE` (warnings, errors) written out at its end."""
+    descriptor = 2  # the process's stderr, which the C++ runtime writes to whatever Python's sys.stderr is
+    sys.stderr.flush()
+    saved = os.dup(descriptor)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), descriptor)
+        try:
+            yield
+        finally:
+            os.dup2(saved, descriptor)
+            os.close(saved)
+            held.seek(0)
+            kept = [line for line in held.read().decode(errors="replace").splitlines()
+                    if not EXECUTORCH_NOISE.match(line)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr, flush=True)
 
 
 @functools.cache
@@ -191,11 +232,12 @@ class ExportedModel:
                              "not here; its export checked its spec. Score the model with its .tflite, .pte or .onnx "
                              "file, which export writes from the same checkpoint")
         if self.path.suffix.lower() == PTE_SUFFIX:
-            if threads:
-                from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+            with executorch_log_filtered():
+                if threads:
+                    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
 
-                _unsafe_reset_threadpool(threads)
-            method = _executorch_program(self.path).load_method("forward")
+                    _unsafe_reset_threadpool(threads)
+                method = _executorch_program(self.path).load_method("forward")
             self._method = lambda image: method.execute([image])
             self._outputs = list(self.metadata["outputs"])
             self.runtime = f"executorch {_version('executorch')} (XNNPACK)"
