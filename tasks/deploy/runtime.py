@@ -232,12 +232,13 @@ class ExportedModel:
                              "not here; its export checked its spec. Score the model with its .tflite, .pte or .onnx "
                              "file, which export writes from the same checkpoint")
         if self.path.suffix.lower() == PTE_SUFFIX:
+            program = _executorch_program(self.path)  # the one read_metadata loaded
             with executorch_log_filtered():
                 if threads:
                     from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
 
                     _unsafe_reset_threadpool(threads)
-                method = _executorch_program(self.path).load_method("forward")
+                method = program.load_method("forward")
             self._method = lambda image: method.execute([image])
             self._outputs = list(self.metadata["outputs"])
             self.runtime = f"executorch {_version('executorch')} (XNNPACK)"
