@@ -24,7 +24,8 @@ from heads.ssdlite import SSDLite
 from tasks.deploy.agreement import agreement, faithful
 from tasks.deploy.export import export_onnx, onnx_to_openvino
 from tasks.deploy.quantize import conv_nodes
-from tasks.deploy.runtime import ExportedModel, openvino_core, read_metadata, run_images
+from tasks.deploy import runtime
+from tasks.deploy.runtime import ExportedModel, openvino_core, read_metadata, run_images, unbatch
 
 BOX_TOLERANCE = 1e-2  # px (see the module docstring)
 EXTRA = "timm:mobilenetv4_conv_small"  # a timm model by name (slow: the registered mobilenet_v4_conv_small is it)
@@ -146,6 +147,30 @@ def test_openvino_gives_pytorchs_outputs(task, tmp_path):
         expected = run_images(network, inputs)
     stats = agreement(task, expected, run_images(exported, inputs), box_tolerance=1e-3)
     assert faithful(task, stats), stats
+
+
+def test_openvino_compiles_for_a_shape_that_keeps_coming(tmp_path, monkeypatch):
+    """A shape called often enough runs in a model compiled for it alone, with the same detections; other shapes,
+    and shapes beyond the limit, keep the file's own."""
+    monkeypatch.setattr(runtime, "OPENVINO_STATIC_AFTER", 3)
+    monkeypatch.setattr(runtime, "OPENVINO_STATIC_SHAPES", 1)
+    build, metadata, _ = TASKS["detect"]
+    network = build("mobilenet_v3_small")
+    metadata = {"task": "detect", **metadata}
+    path = onnx_to_openvino(export_onnx(network, tmp_path / "model.onnx", metadata), tmp_path / "model.xml", metadata)
+    exported = ExportedModel(path, threads=1)
+    often, once, later = (torch.stack(images(size, size, seed=1)) for size in [(70, 90), (64, 64), (90, 70)])
+    with torch.no_grad():
+        expected = {name: network(batch) for name, batch in [("often", often), ("once", once), ("later", later)]}
+    for call in range(5):
+        stats = agreement("detect", unbatch(expected["often"]), unbatch(exported(often)), box_tolerance=1e-3)
+        assert faithful("detect", stats), (call, stats)
+    assert list(exported._static) == [tuple(often.shape)]
+    assert exported._static[tuple(often.shape)].inputs[0].get_partial_shape().is_static
+    for name, batch in [("once", once)] + [("later", later)] * 4:
+        stats = agreement("detect", unbatch(expected[name]), unbatch(exported(batch)), box_tolerance=1e-3)
+        assert faithful("detect", stats), (name, stats)
+    assert list(exported._static) == [tuple(often.shape)]  # no second one beyond the limit
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads the thread's signal stack through glibc")

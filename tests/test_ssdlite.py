@@ -223,3 +223,21 @@ def test_the_default_boxes_are_made_once_and_exported_as_a_constant(tmp_path):
     assert not [node.name for node in onnx.load(str(path)).graph.node if "anchor_generator" in node.name]
     with torch.no_grad():
         assert torch.equal(network(images)["boxes"], first["boxes"])
+
+
+def test_box_decoding_is_torchvisions_bit_for_bit():
+    """The detector decodes boxes on (x, y) pairs: the same values as torchvision's ``BoxCoder.decode_single`` and
+    ``clip_boxes_to_image``, also where the size code is clipped before ``exp`` and boxes leave the image."""
+    from torchvision.ops.boxes import clip_boxes_to_image
+
+    network = SSDLite(Backbone("mobilenet_v3_small", levels=[16, 32]), num_classes=3, image_size=96)
+    generator = torch.Generator().manual_seed(0)
+    corner = torch.rand(500, 2, generator=generator) * 96
+    anchors = torch.cat([corner, corner + torch.rand(500, 2, generator=generator) * 40 + 0.5], 1)
+    regression = torch.randn(2, 500, 4, generator=generator) * 8
+    regression[:, :10, 2:] = 1e3  # beyond bbox_xform_clip
+    expected = torch.stack([clip_boxes_to_image(network.box_coder.decode_single(r, anchors), (96, 96))
+                            for r in regression])
+    assert torch.equal(network._decode(regression, anchors), expected)
+    assert torch.equal(network._decode(regression, anchors.expand(2, -1, -1)), expected)
+    assert expected.eq(0).any() and expected.eq(96).any() and expected.lt(96).any()
