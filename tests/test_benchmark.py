@@ -45,10 +45,12 @@ def test_machine_states_what_decides_speed():
 def test_models_take_turns_and_each_turn_starts_untimed():
     calls = []
     models = {name: (lambda x, name=name: calls.append((name, x))) for name in ("a", "b")}
-    times = interleaved(models, {"a": {1: 1, 2: 2}, "b": {1: 1}}, repeats=4, rounds=2)
+    times = interleaved(models, {"a": {1: 1, 2: 2}, "b": {1: 1}}, repeats=4, rounds=2, warmup=3)
     assert {k: {b: len(t) for b, t in v.items()} for k, v in times.items()} == {"a": {1: 4, 2: 4}, "b": {1: 4}}
-    # a round: a's batch 1 (1 untimed + 2), a's batch 2 (1 + 2), b's batch 1 (1 + 2); twice
-    assert [name for name, _ in calls] == (["a"] * 6 + ["b"] * 3) * 2
+    # warm-up: 3 calls of each model on each batch; then a round: a's batch 1 (1 untimed + 2), a's batch 2
+    # (1 + 2), b's batch 1 (1 + 2); twice
+    assert calls[:9] == [("a", 1)] * 3 + [("a", 2)] * 3 + [("b", 1)] * 3
+    assert [name for name, _ in calls[9:]] == (["a"] * 6 + ["b"] * 3) * 2
     stats = summary([1.0, 2.0, 3.0, 10.0])
     assert stats["median"] == 2.5 and stats["p25"] <= stats["median"] <= stats["p75"]
 

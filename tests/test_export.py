@@ -21,10 +21,10 @@ from backbones import Backbone, list_backbones
 from heads.deeplabv3plus import DeepLabV3Plus
 from heads.pose import SimpleBaseline
 from heads.ssdlite import SSDLite
+from tasks.deploy import runtime
 from tasks.deploy.agreement import agreement, faithful
 from tasks.deploy.export import export_onnx, onnx_to_openvino
 from tasks.deploy.quantize import conv_nodes
-from tasks.deploy import runtime
 from tasks.deploy.runtime import ExportedModel, openvino_core, read_metadata, run_images, unbatch
 
 BOX_TOLERANCE = 1e-2  # px (see the module docstring)

@@ -22,7 +22,7 @@ import torch
 
 
 def interleaved(models: Mapping[str, Callable[[Any], object]], batches: Mapping[str, Mapping[int, Any]], repeats: int,
-                rounds: int | None = None, progress: Callable[[str], None] | None = None
+                rounds: int | None = None, progress: Callable[[str], None] | None = None, warmup: int = 20
                 ) -> dict[str, dict[int, list[float]]]:
     """Milliseconds of ``repeats`` calls of each model on each batch.
 
@@ -34,11 +34,18 @@ def interleaved(models: Mapping[str, Callable[[Any], object]], batches: Mapping[
             per timed call: the models take turns call by call, so that a slow spell of a shared machine falls on
             all of them alike and their ratios (a file's pipeline cost over its network) hold.
         progress: Told at each tenth of the rounds.
+        warmup: Untimed calls of each model on each batch first: runtimes allocate on their first calls, and
+            Kestrel's OpenVINO runtime compiles a file again for an input shape that keeps coming (after 16 calls,
+            :meth:`tasks.deploy.runtime.ExportedModel._openvino_for`).
     """
     rounds = max(1, min(rounds or repeats, repeats))
     per_turn = math.ceil(repeats / rounds)
     times: dict[str, dict[int, list[float]]] = {name: {} for name in models}
     with torch.inference_mode():
+        for name, model in models.items():
+            for batch in batches[name].values():
+                for _ in range(warmup):
+                    model(batch)
         for round_ in range(rounds):
             if progress and round_ % max(1, rounds // 10) == 0:
                 progress(f"round {round_ + 1}/{rounds}")
