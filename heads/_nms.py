@@ -38,9 +38,13 @@ class _BatchedNMS(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g, boxes, scores, max_per_class: int, iou_threshold: float, score_threshold: float):
+        if isinstance(max_per_class, int):
+            most = g.op("Constant", value_t=torch.tensor([max_per_class], dtype=torch.int64))
+        else:  # a size the tracer kept dynamic (a graph module's output, e.g. a QAT network's head)
+            most = g.op("Reshape", g.op("Cast", max_per_class, to_i=7),  # int64
+                        g.op("Constant", value_t=torch.tensor([1], dtype=torch.int64)))
         return g.op(
-            "NonMaxSuppression", boxes, scores,
-            g.op("Constant", value_t=torch.tensor([max_per_class], dtype=torch.int64)),
+            "NonMaxSuppression", boxes, scores, most,
             g.op("Constant", value_t=torch.tensor([iou_threshold], dtype=torch.float32)),
             g.op("Constant", value_t=torch.tensor([score_threshold], dtype=torch.float32)),
         )

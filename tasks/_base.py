@@ -22,10 +22,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from backbones import Backbone, ensure_pyramid, inference_copy
 from backbones._weights import load_weights, read_state_dict
 
+from . import qat
 from .deploy.runtime import ExportedModel, file_size_mb, load_exported, run_images
 from .evaluation import Evaluator
 from .optim import SchedulerCallable, TrainingLength, param_groups
 from .provenance import backbone_name, file_sha256
+from .qat import QUANTIZATIONS
 from .reporting.figures import sample_grid
 
 log = logging.getLogger(__name__)
@@ -98,6 +100,8 @@ class KestrelTask(pl.LightningModule):
         init_from: Weights for the whole model (a Kestrel checkpoint or state dict).
         channels_last: Train in channels-last memory (faster convolutions), and keep the inference copy
             that evaluates and predicts (:func:`backbones.inference_copy`: batch norms folded) in it too.
+        quantization: ``qat``: the network trains with fake quantization (:mod:`tasks.qat`), put in after
+            ``init_from`` is loaded; a checkpoint of such a run says so, and loading it puts it in first.
     """
 
     main_metric = "map"  # on the progress bar; each task sets its own
@@ -111,6 +115,7 @@ class KestrelTask(pl.LightningModule):
         norm_weight_decay: float | None,
         init_from: str | None,
         channels_last: bool = True,
+        quantization: str | None = None,
     ):
         super().__init__()
         self._save_arguments(inspect.currentframe())
@@ -119,6 +124,10 @@ class KestrelTask(pl.LightningModule):
         self.norm_weight_decay = norm_weight_decay
         self.init_from = init_from
         self.channels_last = channels_last
+        if quantization not in (None, *QUANTIZATIONS):
+            raise ValueError(f"model.quantization must be one of {', '.join(QUANTIZATIONS)} or null, "
+                             f"got {quantization!r}")
+        self.quantization = quantization
         self.exported: ExportedModel | None = None
         self._initialized = False
         # neither is a submodule (no checkpoint entry, device move or DDP sync): the network as evaluation runs
@@ -158,7 +167,24 @@ class KestrelTask(pl.LightningModule):
             hparams["backbone"] = backbone
         if "init_from" in hparams:
             hparams["init_from"] = None
+        hparams["quantization"] = self.quantization
         checkpoint["hyper_parameters"] = hparams
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint of a QAT run puts fake quantization into the network before its weights load, whatever the
+        config says: its state holds the fake quantizers' scales too."""
+        if checkpoint.get("hyper_parameters", {}).get("quantization") == "qat":
+            self.quantization = "qat"
+            self.prepare_quantization()
+
+    def prepare_quantization(self) -> None:
+        """Put fake quantization into the network (once) if this task trains with it (:func:`tasks.qat.prepare`)."""
+        if self.quantization == "qat" and not qat.is_prepared(self.model):
+            height, width = self.input_size()
+            example = torch.randint(0, 256, (2, 3, height, width), dtype=torch.uint8,
+                                    generator=torch.Generator().manual_seed(0))
+            device = next(self.model.parameters()).device
+            qat.prepare(self.model.cpu(), example).to(device)
 
     def set_classes(self, class_names: list[str], category_ids: list[int] | None) -> None:
         """Labels 1..K: their names and the data set's category ids (1..K if None)."""
@@ -200,6 +226,7 @@ class KestrelTask(pl.LightningModule):
         if self.init_from and not self._initialized:
             self.load_init_weights(self.init_from, datamodule, fine_tune)
         self._initialized = True
+        self.prepare_quantization()
 
     def load_init_weights(self, path: str, datamodule: pl.LightningDataModule | None = None,
                           fine_tune: bool = False) -> None:
@@ -282,6 +309,13 @@ class KestrelTask(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         object.__setattr__(self, "_inference", None)  # the weights it copied are changing
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """QAT: the batch norms' statistics, then the quantization ranges, frozen on schedule (:mod:`tasks.qat`)."""
+        if qat.is_prepared(self.model):
+            progress = self.global_step / max(int(self.trainer.estimated_stepping_batches), 1)
+            for what in qat.follow_schedule(self.model, progress):
+                rank_zero_info(f"QAT: {what} frozen from step {self.global_step}")
 
     def on_predict_epoch_start(self) -> None:
         self._copy_for_inference()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from typing import Literal
 
 import pytorch_lightning as pl
 import torch
@@ -58,6 +59,9 @@ class DetectionTask(KestrelTask):
             COCO layout remapped to the data's categories, or any matching class count).
         channels_last: Train, and run for inference, in channels-last memory (faster convolutions on
             CPUs and GPUs; docs/guides/benchmarking.md, "Faster where it is free").
+        quantization: ``qat``: quantization-aware training, a fine-tune with fake quantization (from a float
+            checkpoint: ``init_from``) whose checkpoints export to INT8 with the scales learned (``tasks.qat``);
+            None: float.
     """
 
     main_metric = "map"
@@ -76,8 +80,9 @@ class DetectionTask(KestrelTask):
         norm_weight_decay: float | None = 0.0,
         init_from: str | None = None,
         channels_last: bool = True,
+        quantization: Literal["qat"] | None = None,
     ):
-        super().__init__(optimizer, scheduler, norm_weight_decay, init_from, channels_last)
+        super().__init__(optimizer, scheduler, norm_weight_decay, init_from, channels_last, quantization)
         self.set_classes(class_names, category_ids)
         self.image_size = image_size
         self.model = head(self.pyramid(backbone), self.num_classes, image_size)

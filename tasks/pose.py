@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +58,9 @@ class PoseTask(KestrelTask):
         init_from: Weights for the whole model (a Kestrel checkpoint or state dict).
         channels_last: Train, and run for inference, in channels-last memory (faster convolutions on
             CPUs and GPUs; docs/guides/benchmarking.md, "Faster where it is free").
+        quantization: ``qat``: quantization-aware training, a fine-tune with fake quantization (from a float
+            checkpoint: ``init_from``) whose checkpoints export to INT8 with the scales learned (``tasks.qat``);
+            None: float.
     """
 
     main_metric = "ap"
@@ -82,8 +86,9 @@ class PoseTask(KestrelTask):
         norm_weight_decay: float | None = None,
         init_from: str | None = None,
         channels_last: bool = True,
+        quantization: Literal["qat"] | None = None,
     ):
-        super().__init__(optimizer, scheduler, norm_weight_decay, init_from, channels_last)
+        super().__init__(optimizer, scheduler, norm_weight_decay, init_from, channels_last, quantization)
         self.keypoint_names = list(keypoint_names)
         self.image_size = tuple(image_size)
         self.sigmas = resolve_sigmas(self.keypoint_names, sigmas, "model.sigmas")

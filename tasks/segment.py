@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +55,9 @@ class SegmentationTask(KestrelTask):
         init_from: Weights for the whole model (a Kestrel checkpoint or state dict).
         channels_last: Train, and run for inference, in channels-last memory (faster convolutions on
             CPUs and GPUs; docs/guides/benchmarking.md, "Faster where it is free").
+        quantization: ``qat``: quantization-aware training, a fine-tune with fake quantization (from a float
+            checkpoint: ``init_from``) whose checkpoints export to INT8 with the scales learned (``tasks.qat``);
+            None: float.
     """
 
     main_metric = "miou"
@@ -73,8 +77,9 @@ class SegmentationTask(KestrelTask):
         dice_weight: float = 0.0,
         init_from: str | None = None,
         channels_last: bool = True,
+        quantization: Literal["qat"] | None = None,
     ):
-        super().__init__(optimizer, scheduler, norm_weight_decay, init_from, channels_last)
+        super().__init__(optimizer, scheduler, norm_weight_decay, init_from, channels_last, quantization)
         self.set_classes(class_names, category_ids)
         self.image_size = image_size
         self.model = head(self.pyramid(backbone), self.num_classes, image_size)

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from backbones._weights import load_weights
 
+from .. import qat
 from ..provenance import backbone_name, file_sha256, kestrel_version
 from .agreement import agreement, budget, faithful, summarize
 from .mobile import (
@@ -41,7 +42,7 @@ from .mobile import (
     write_coreml,
     write_phone_file,
 )
-from .quantize import DEFAULT_KEEP_FLOAT, QUANTIZED_OPS, Calibration, KeepFloat, quantize_int8
+from .quantize import DEFAULT_KEEP_FLOAT, QUANTIZED_OPS, Calibration, KeepFloat, qdq_symbolics, quantize_int8
 from .runtime import (
     METADATA_KEY,
     ONNX_SUFFIX,
@@ -92,8 +93,9 @@ def export_onnx(network: nn.Module, path: str | Path, metadata: dict[str, Any],
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
         warnings.filterwarnings("ignore", category=FutureWarning, module="torch.onnx")
         warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")  # flips: Slice with step -1
-        torch.onnx.export(network, (example,), str(path), input_names=["images"], output_names=outputs,
-                          dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+        with qdq_symbolics(OPSET):  # a QAT network's quantize / dequantize operations (tasks.qat.convert)
+            torch.onnx.export(network, (example,), str(path), input_names=["images"], output_names=outputs,
+                              dynamic_axes=axes, opset_version=OPSET, dynamo=False)
     write_onnx_metadata(path, metadata)
     return path
 
@@ -153,11 +155,17 @@ def export_task(trainer: pl.Trainer, task: KestrelTask, datamodule: pl.Lightning
     task.initialize(datamodule)  # init_from
     if ckpt_path:
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        task.on_load_checkpoint(checkpoint)  # a QAT run's: fake quantization in first
         load_weights(task, checkpoint.get("state_dict", checkpoint), repr(str(ckpt_path)))
     source = ckpt_path or task.init_from
     if not source:
         warnings.warn("exporting the network's initial weights: no --ckpt_path and no model.init_from", stacklevel=2)
     network = task.model.cpu().eval()
+    if qat.is_prepared(network):
+        if not int8:
+            raise ValueError(f"{source} was trained with fake quantization (model.quantization qat): it exports to "
+                             "INT8 with the scales it learned; add --int8 true")
+        network = qat.convert(network, fold_weights=format != "tflite")  # (litert-torch reads unfolded ones)
     suffix = FORMATS[format]
     path = Path(output) if output else _export_folder(trainer, ckpt_path) / f"model{'_int8' if int8 else ''}{suffix}"
     metadata = {
@@ -208,7 +216,9 @@ def _export_mobile(task: KestrelTask, network: nn.Module, datamodule: pl.Lightni
         return
     tflite = metadata["format"] == "tflite"
     images = None
-    if int8:
+    if int8 and qat.is_converted(network):
+        metadata["int8"] = _qat_int8()
+    elif int8:
         images = split_images(datamodule, "train", calibration_images)
         metadata["int8"] = {"calibration_images": len(images), "calibration_split": datamodule.split_name("train"),
                             "quantizer": "ai-edge-quantizer: convolutions and fully connected layers, weights per "
@@ -232,8 +242,12 @@ def _export_onnx_or_openvino(network: nn.Module, datamodule: pl.LightningDataMod
     with tempfile.TemporaryDirectory() as scratch:
         onnx_path = path if format == "onnx" and not int8 else Path(scratch) / "model.onnx"
         print(f"Exporting {metadata['network']} on {metadata['backbone']} to ONNX (opset {OPSET})")
-        export_onnx(network, onnx_path, {**metadata, "format": "onnx", "precision": "fp32"})
-        if int8:
+        if int8 and qat.is_converted(network):  # a QAT checkpoint's: its own scales, written as QDQ
+            metadata["int8"] = _qat_int8()
+            export_onnx(network, onnx_path, metadata)
+        else:
+            export_onnx(network, onnx_path, {**metadata, "format": "onnx", "precision": "fp32"})
+        if int8 and not qat.is_converted(network):
             images = split_images(datamodule, "train", calibration_images)
             metadata["int8"] = {"calibration_images": len(images), "calibration_split": datamodule.split_name("train"),
                                 "calibration": int8_calibration,
@@ -249,6 +263,12 @@ def _export_onnx_or_openvino(network: nn.Module, datamodule: pl.LightningDataMod
             write_onnx_metadata(path, metadata)
         else:
             onnx_to_openvino(onnx_path, path, metadata)
+
+
+def _qat_int8() -> dict[str, str]:
+    return {"quantization": "qat", "scales": "learned in quantization-aware training (no calibration)",
+            "quantizer": "executorch XNNPACKQuantizer (torchao pt2e QAT): convolutions and linear layers, weights per "
+                         "channel, activations per tensor (int8)"}
 
 
 def _check(task: str, network: nn.Module, path: Path, images: list[torch.Tensor], int8: bool) -> None:

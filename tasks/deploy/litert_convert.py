@@ -5,11 +5,13 @@ LiteRT layer (``.venv/litert``: litert-torch and its dependencies, ``constraints
 of Kestrel's environment: litert-torch 0.10 needs typing-extensions < 4.13, older than the one the rest of
 Kestrel pins. It imports no Kestrel module, only torch, litert-torch and ai-edge-quantizer.
 
-    python litert_convert.py PROGRAM.pt2 OUT.tflite [CALIBRATION.npy]
+    python litert_convert.py PROGRAM.pt2 OUT.tflite [CALIBRATION.npy | --quantized]
 
 With calibration images (uint8, ``(N, H, W, 3)``), ai-edge-quantizer makes the convolutions INT8 (weights
 per channel, activations per tensor, ranges from the images); the rest of the graph (the input's scaling,
-box decoding, NMS) stays float, so that the outputs keep their float types.
+box decoding, NMS) stays float, so that the outputs keep their float types. With ``--quantized`` the program is
+already INT8 (a QAT network's, pt2e quantize / dequantize operations with the scales it learned): litert-torch's
+static QDQ conversion makes those int8 tensors and operators, with no calibration.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 
-def convert(program_path: str, output: str) -> None:
+def convert(program_path: str, output: str, quantized: bool = False) -> None:
     import litert_torch
     import torch
 
@@ -27,8 +29,15 @@ def convert(program_path: str, output: str) -> None:
     inputs = program.graph_signature.user_inputs
     sample = tuple(torch.zeros(node.meta["val"].shape, dtype=node.meta["val"].dtype)
                    for node in program.graph.nodes if node.op == "placeholder" and node.name in inputs)
+    options = {}
+    if quantized:  # quantize / dequantize pairs of pt2e (static ranges) become int8 tensors and operators
+        from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+        from litert_torch.quantize.quant_config import QuantConfig
+
+        static = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+        options["quant_config"] = QuantConfig(pt2e_quantizer=static)
     # functionalized first: torchvision's anchor code leaves an in-place detach_ that the re-export refuses
-    litert_torch.convert(program.run_decompositions({}).module(), sample).export(output)
+    litert_torch.convert(program.run_decompositions({}).module(), sample, **options).export(output)
 
 
 def quantize(source: str, output: str, calibration_path: str) -> None:
@@ -49,6 +58,9 @@ def quantize(source: str, output: str, calibration_path: str) -> None:
 
 def main(argv: list[str]) -> None:
     program, output, *calibration = argv
+    if calibration == ["--quantized"]:  # a QAT network's program: its scales are in it
+        convert(program, output, quantized=True)
+        return
     if not calibration:
         convert(program, output)
         return

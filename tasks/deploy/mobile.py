@@ -47,6 +47,8 @@ from torch import nn
 
 from heads._input import resize
 
+from ..qat import is_converted
+
 PTE_SUFFIX = ".pte"
 TFLITE_SUFFIX = ".tflite"
 COREML_SUFFIX = ".mlpackage"
@@ -219,7 +221,9 @@ def write_tflite(network: nn.Module, path: str | Path, metadata: dict[str, Any],
         program = Path(scratch) / "program.pt2"
         torch.export.save(torch.export.export(TFLiteInterface(network).eval(), (example,), strict=False), program)
         arguments = [str(program), str(path)]
-        if calibration is not None:
+        if is_converted(network):
+            arguments.append("--quantized")
+        elif calibration is not None:
             images = np.stack([fit_image(image, input_size).permute(1, 2, 0).numpy() for image in calibration])
             np.save(Path(scratch) / "calibration.npy", images)
             arguments.append(str(Path(scratch) / "calibration.npy"))

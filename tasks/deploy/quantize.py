@@ -14,12 +14,14 @@ logits), kept in float (``keep_float``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+import torch
 
 if TYPE_CHECKING:
     import onnx
@@ -112,3 +114,74 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, images: Iterable
     )
     log.info("INT8: %d convolution(s) kept in float: %s", len(excluded), excluded)
     return excluded
+
+
+#: ONNX's integer types of the quantized tensors pt2e writes
+_ONNX_TYPES = {torch.int8: 3, torch.uint8: 2}  # onnx.TensorProto.INT8, UINT8
+_QDQ_OPS = ("quantize_per_tensor", "dequantize_per_tensor", "quantize_per_channel", "dequantize_per_channel")
+
+
+#: c10's ScalarType numbers of the integer types a quantize operation names (Byte, Char)
+_SCALAR_TYPES = {0: torch.uint8, 1: torch.int8}
+
+
+def _onnx_type(dtype_value) -> tuple[torch.dtype, int]:
+    from torch.onnx import symbolic_helper
+
+    dtype = _SCALAR_TYPES.get(symbolic_helper._get_const(dtype_value, "i", "dtype"))
+    if dtype not in _ONNX_TYPES:
+        raise ValueError(f"ONNX export of a quantized tensor of {dtype}: only int8 and uint8 are written")
+    return dtype, _ONNX_TYPES[dtype]
+
+
+def _per_tensor(g, quantize: bool, x, scale, zero_point, dtype_value):
+    from torch.onnx import symbolic_helper
+
+    dtype, _ = _onnx_type(dtype_value)
+    scale = g.op("Constant", value_t=torch.tensor(symbolic_helper._maybe_get_const(scale, "f"), dtype=torch.float32))
+    zero = g.op("Constant", value_t=torch.tensor(symbolic_helper._maybe_get_const(zero_point, "i"), dtype=dtype))
+    return g.op("QuantizeLinear" if quantize else "DequantizeLinear", x, scale, zero)
+
+
+def _per_channel(g, quantize: bool, x, scales, zero_points, axis, dtype_value):
+    from torch.onnx import symbolic_helper
+
+    _, onnx_type = _onnx_type(dtype_value)
+    if symbolic_helper._is_none(zero_points):
+        zero_points = g.op("Mul", scales, g.op("Constant", value_t=torch.tensor(0.0)))
+    zero_points = g.op("Cast", zero_points, to_i=onnx_type)
+    return g.op("QuantizeLinear" if quantize else "DequantizeLinear", x, scales, zero_points,
+                axis_i=symbolic_helper._get_const(axis, "i", "axis"))
+
+
+def _quantize_per_tensor(g, x, scale, zero_point, quant_min, quant_max, dtype):
+    return _per_tensor(g, True, x, scale, zero_point, dtype)
+
+
+def _dequantize_per_tensor(g, x, scale, zero_point, quant_min, quant_max, dtype, *_):
+    return _per_tensor(g, False, x, scale, zero_point, dtype)
+
+
+def _quantize_per_channel(g, x, scales, zero_points, axis, quant_min, quant_max, dtype):
+    return _per_channel(g, True, x, scales, zero_points, axis, dtype)
+
+
+def _dequantize_per_channel(g, x, scales, zero_points, axis, quant_min, quant_max, dtype, *_):
+    return _per_channel(g, False, x, scales, zero_points, axis, dtype)
+
+
+@contextlib.contextmanager
+def qdq_symbolics(opset: int) -> Iterator[None]:
+    """Within this context, the ONNX export (TorchScript) writes the quantize and dequantize operations of a pt2e
+    INT8 network (``quantized_decomposed``, e.g. a QAT checkpoint's, :func:`tasks.qat.convert`) as ONNX's
+    ``QuantizeLinear`` / ``DequantizeLinear`` with their scales and zero points: the QDQ format ONNX Runtime's
+    quantizer writes, which ONNX Runtime and OpenVINO run as INT8."""
+    functions = dict(zip(_QDQ_OPS, (_quantize_per_tensor, _dequantize_per_tensor, _quantize_per_channel,
+                                    _dequantize_per_channel)))
+    for name, function in functions.items():
+        torch.onnx.register_custom_op_symbolic(f"quantized_decomposed::{name}", function, opset)
+    try:
+        yield
+    finally:
+        for name in functions:
+            torch.onnx.unregister_custom_op_symbolic(f"quantized_decomposed::{name}", opset)

@@ -1,0 +1,262 @@
+"""Quantization-aware training: torchao's pt2e flow with ExecuTorch's XNNPACK quantizer on a Kestrel network.
+
+The quantized parts of a network are the parts INT8 export quantizes (every child module with weights but the
+input's scaling, :data:`tasks.deploy.mobile.NOT_QUANTIZED`: SSDLite's backbone and head). Each is traced by
+``torch.export`` (the batch size left open) and prepared by ``prepare_qat_pt2e``: convolutions and linear
+layers get fake-quantized weights (int8, per output channel, symmetric) and activations (int8, per tensor), and
+each batch norm stays in the graph beside its convolution, folded into the fake-quantized weight as the library
+does (``_fuse_conv_bn_qat``), so that training sees the folded weights the INT8 file will hold. The network keeps
+its class and its pre- and post-processing; its state dict keeps every parameter's name, plus the fake
+quantizers' scales and observers' ranges, so a checkpoint resumes and loads like a float one.
+
+:func:`convert` gives the INT8 network (``convert_pt2e``: batch norms folded, weights stored as int8 with the
+learned scales), which every export format then writes without calibrating again.
+
+The schedule follows torchao's QAT tutorial: the observers update the ranges while the weights move, then are
+frozen (:func:`freeze_observers`), and the batch norms' running statistics are frozen before them
+(:func:`freeze_batch_norms`), so the last steps train against fixed folded weights and fixed ranges, as the
+INT8 file will run.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+#: quantization a task can train with (``--model.quantization``)
+QUANTIZATIONS = ("qat",)
+#: share of a QAT fine-tune's steps after which the batch norms' statistics, then the observers' ranges, stay as they
+#: are: torchao's QAT tutorial's 3 and 4 of 10 epochs
+FREEZE_BATCH_NORMS_AT = 0.3
+FREEZE_OBSERVERS_AT = 0.4
+
+
+def quantized_parts(network: nn.Module) -> list[str]:
+    """The names of the children of ``network`` that INT8 quantizes: those with weights, but the input's scaling."""
+    from .deploy.mobile import NOT_QUANTIZED
+
+    return [name for name, child in network.named_children()
+            if name not in NOT_QUANTIZED and any(True for _ in child.parameters())]
+
+
+def is_prepared(network: nn.Module) -> bool:
+    """Whether ``network`` has fake quantization inside (:func:`prepare`)."""
+    return getattr(network, "quantization", None) == "qat"
+
+
+def is_converted(network: nn.Module) -> bool:
+    """Whether ``network`` is a QAT network's INT8 version (:func:`convert`)."""
+    return getattr(network, "quantization", None) == "int8"
+
+
+def quantizer(qat: bool = True):
+    """ExecuTorch's XNNPACK quantizer: int8 weights per output channel and int8 activations per tensor, symmetric;
+    with ``qat``, fake quantizers that learn along with the weights."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+
+    return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
+
+
+def _part_inputs(network: nn.Module, example: torch.Tensor) -> dict[str, tuple[tuple, dict]]:
+    """What each quantized part of ``network`` is called with when the network runs ``example`` in eval mode."""
+    seen: dict[str, tuple[tuple, dict]] = {}
+    hooks = []
+    for name in quantized_parts(network):
+        def record(module, args, kwargs, name=name):
+            seen.setdefault(name, (args, kwargs))
+        hooks.append(getattr(network, name).register_forward_pre_hook(record, with_kwargs=True))
+    training = network.training
+    try:
+        with torch.no_grad():
+            network.eval()(example)
+    finally:
+        network.train(training)
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+def _batch_open(value: Any, batch: torch.export.Dim) -> Any:
+    """``dynamic_shapes`` for ``value`` (tensors, lists, tuples, dicts of them): the first axis of every tensor
+    is ``batch``."""
+    if isinstance(value, torch.Tensor):
+        return {0: batch}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_batch_open(v, batch) for v in value)
+    if isinstance(value, dict):
+        return {k: _batch_open(v, batch) for k, v in value.items()}
+    return None
+
+
+#: the batch-norm epsilon of torchao's QAT convolution + batch-norm pattern (torchao 0.18, ``qat_utils``: "TODO:
+#: allow setting eps"), which prepare puts in place of every batch norm's own
+PATTERN_EPS = 1e-5
+#: where a mode-switched operation of an exported training graph holds its ``training`` flag
+_MODE_ARGUMENT = {torch.ops.aten.batch_norm.default: 5, torch.ops.aten.dropout.default: 2}
+_MOMENTUM_ARGUMENT = 6  # of aten.batch_norm.default
+
+
+def _pattern_eps(part: nn.Module) -> None:
+    """Each batch norm of ``part`` with :data:`PATTERN_EPS`, its running variance offset by the difference: in eval
+    mode the same function, ``sqrt(var + eps)`` unchanged, where torchao's pattern would silently swap the eps."""
+    with torch.no_grad():
+        for norm in part.modules():
+            if isinstance(norm, nn.modules.batchnorm._BatchNorm) and norm.eps != PATTERN_EPS:
+                norm.running_var.add_(norm.eps - PATTERN_EPS)
+                norm.eps = PATTERN_EPS
+
+
+def _batch_norms(graph: torch.fx.GraphModule) -> list[torch.fx.Node]:
+    return [node for node in graph.graph.nodes if node.target is torch.ops.aten.batch_norm.default]
+
+
+def _train(self: torch.fx.GraphModule, mode: bool = True) -> torch.fx.GraphModule:
+    """``train(mode)`` of a prepared part: its batch norms (and dropouts) switched by their ``training`` flag alone,
+    their momentum and eps kept (torchao's ``allow_exported_model_train_eval`` rewrites them with its pattern's
+    defaults)."""
+    nn.Module.train(self, mode)
+    changed = False
+    for node in self.graph.nodes:
+        index = _MODE_ARGUMENT.get(node.target)
+        if index is not None and node.args[index] != mode:
+            node.args = (*node.args[:index], mode, *node.args[index + 1:])
+            changed = True
+    if changed:
+        self.recompile()
+    return self
+
+
+def _eval(self: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    return self.train(False)
+
+
+def _switchable(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """``graph`` whose ``train()`` and ``eval()`` are :func:`_train` (pt2e's graphs refuse both)."""
+    graph.train = types.MethodType(_train, graph)
+    graph.eval = types.MethodType(_eval, graph)
+    return graph
+
+
+def prepare(network: nn.Module, example: torch.Tensor) -> nn.Module:
+    """Put fake quantization into ``network`` (in place; returned): each of its quantized parts becomes its
+    ``torch.export`` graph prepared for QAT, traced on what it receives when the network runs ``example`` (uint8
+    images, at least two: a batch of one would fix the batch size). The network's mode (train or eval) is kept."""
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    if is_prepared(network):
+        return network
+    if example.shape[0] < 2:
+        raise ValueError("prepare needs an example batch of at least 2 images: one would fix the batch size")
+    training = network.training
+    batch = torch.export.Dim("batch", min=1)
+    for name, (args, kwargs) in _part_inputs(network, example).items():
+        part = getattr(network, name).train()
+        _pattern_eps(part)
+        graph = torch.export.export(part, args, kwargs, dynamic_shapes=_batch_open((args, kwargs), batch)[0]
+                                    if not kwargs else _batch_open((args, kwargs), batch), strict=False).module()
+        momenta = [node.args[_MOMENTUM_ARGUMENT] for node in _batch_norms(graph)]
+        prepared = prepare_qat_pt2e(graph, quantizer(qat=True))
+        norms = _batch_norms(prepared)
+        if len(norms) != len(momenta):
+            raise RuntimeError(f"QAT preparation of {name} left {len(norms)} of its {len(momenta)} batch norms")
+        for node, momentum in zip(norms, momenta):  # the pattern's default, 0.1, replaced by each norm's own
+            node.args = (*node.args[:_MOMENTUM_ARGUMENT], momentum, *node.args[_MOMENTUM_ARGUMENT + 1:])
+        prepared.recompile()
+        setattr(network, name, _switchable(prepared))  # .train() / .eval() switch its batch norms
+    network.quantization = "qat"
+    return network.train(training)
+
+
+def convert(network: nn.Module, fold_weights: bool = True) -> nn.Module:
+    """The INT8 network of a prepared one (``convert_pt2e`` on a copy of each quantized part: batch norms folded,
+    weights int8 with the scales learned), in eval mode; ``network`` is not changed."""
+    import copy
+
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    if not is_prepared(network):
+        raise ValueError("convert takes a network prepared for QAT (tasks.qat.prepare)")
+    converted = copy.deepcopy(network).eval()
+    for name in quantized_parts(network):
+        part = _sizes_traceable(convert_pt2e(copy.deepcopy(getattr(network, name)), fold_quantize=fold_weights))
+        setattr(converted, name, _switchable(part).eval())
+    converted.quantization = "int8"
+    return converted
+
+
+def _size(tensor: torch.Tensor, dim: int) -> int:
+    return tensor.size(dim)
+
+
+def _tensor_method(tensor: torch.Tensor, name: str, *args: Any) -> torch.Tensor:
+    return getattr(tensor, name)(*args)
+
+
+def _sizes_traceable(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """``graph`` with its reads of an open size (the batch's: ``aten.sym_size``) as ``Tensor.size`` calls, and the
+    operations that take such a size (``view``, ``reshape``) as the tensor's methods: the ONNX exporter's tracer
+    records those as operations on the input's shape, where it freezes an operator's result and an operator's
+    arguments to the traced example's numbers (the ONNX file keeps the batch size open). ``torch.export`` traces
+    both spellings alike."""
+    sizes = [node for node in graph.graph.nodes
+             if node.op == "call_function" and node.target is torch.ops.aten.sym_size.int]
+    for size in sizes:
+        size.target = _size
+        for user in list(size.users):
+            if isinstance(user.target, torch._ops.OpOverload) and not user.kwargs:
+                name = user.target.overloadpacket.__name__
+                if hasattr(torch.Tensor, name):
+                    user.args = (user.args[0], name, *user.args[1:])
+                    user.target = _tensor_method
+    graph.recompile()
+    return graph
+
+
+def _fake_quantizers(network: nn.Module) -> Iterator[nn.Module]:
+    from torchao.quantization.pt2e.fake_quantize import FakeQuantizeBase
+
+    return (m for m in network.modules() if isinstance(m, FakeQuantizeBase))
+
+
+def freeze_observers(network: nn.Module) -> int:
+    """Stop the fake quantizers' observers: the ranges (scales) stay as they are. Returns how many."""
+    count = 0
+    for fake in _fake_quantizers(network):
+        fake.disable_observer()
+        count += 1
+    return count
+
+
+def freeze_batch_norms(network: nn.Module) -> int:
+    """Freeze the running statistics of the batch norms inside the prepared parts (their momentum set to 0, as
+    torchao's QAT tutorial does): they keep normalizing batches as in training. Returns how many were not yet."""
+    count = 0
+    for name in quantized_parts(network):
+        graph = getattr(network, name)
+        norms = [node for node in _batch_norms(graph) if node.args[_MOMENTUM_ARGUMENT] != 0.0]
+        for node in norms:
+            node.args = (*node.args[:_MOMENTUM_ARGUMENT], 0.0, *node.args[_MOMENTUM_ARGUMENT + 1:])
+        if norms:
+            graph.recompile()
+        count += len(norms)
+    return count
+
+
+def follow_schedule(network: nn.Module, progress: float) -> list[str]:
+    """Freeze what the schedule says at ``progress`` (the share of the fine-tune's steps done): the batch norms from
+    :data:`FREEZE_BATCH_NORMS_AT`, the observers from :data:`FREEZE_OBSERVERS_AT`. Idempotent (a resumed run calls it
+    again). Returns what it froze now, for the log."""
+    frozen = []
+    if progress >= FREEZE_BATCH_NORMS_AT and freeze_batch_norms(network):
+        frozen.append("batch-norm statistics")
+    if progress >= FREEZE_OBSERVERS_AT and any(bool(f.observer_enabled) for f in _fake_quantizers(network)):
+        freeze_observers(network)
+        frozen.append("quantization ranges")
+    return frozen

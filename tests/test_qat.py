@@ -1,0 +1,137 @@
+"""Quantization-aware training: a network fine-tuned with fake quantization exports INT8 files that give its own
+quantized outputs, with the scales it learned."""
+
+import pytest
+import torch
+
+from backbones import Backbone
+from heads.ssdlite import SSDLite
+from tasks import qat
+from tasks.deploy.agreement import agreement
+from tasks.deploy.export import export_onnx, onnx_to_openvino
+from tasks.deploy.runtime import ExportedModel, run_images
+
+SIZE = 64
+METADATA = {"task": "detect", "input_size": [SIZE, SIZE], "class_names": ["a", "b"], "category_ids": [1, 2]}
+
+
+def images(count: int, seed: int, size: tuple[int, int] = (SIZE, SIZE)) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 256, (3, *size), dtype=torch.uint8, generator=generator) for _ in range(count)]
+
+
+def targets(count: int) -> list[dict[str, torch.Tensor]]:
+    return [{"boxes": torch.tensor([[8.0, 10.0, 40.0, 50.0], [30.0, 4.0, 60.0, 30.0]]),
+             "labels": torch.tensor([1, 2])} for _ in range(count)]
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A small detector fine-tuned a few steps with fake quantization, and its INT8 version."""
+    torch.manual_seed(0)
+    network = SSDLite(Backbone("mobilenet_v3_small", levels=[16, 32]), num_classes=2, image_size=SIZE,
+                      score_thresh=0.05, detections_per_img=20)
+    qat.prepare(network, torch.stack(images(2, seed=0)))
+    network.train()
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.9)
+    for step in range(6):
+        losses = network(images(4, seed=step + 1), targets(4))
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+        if step == 3:
+            assert qat.freeze_batch_norms(network) > 10
+            assert qat.freeze_observers(network) > 10
+    return network.eval(), qat.convert(network)
+
+
+def test_prepare_keeps_the_state_dict_names_and_adds_the_scales(trained):
+    network, _ = trained
+    plain = SSDLite(Backbone("mobilenet_v3_small", levels=[16, 32]), num_classes=2, image_size=SIZE).state_dict()
+    state = network.state_dict()
+    assert set(plain) - {k for k in plain if k.endswith("num_batches_tracked")} <= set(state)
+    assert any("activation_post_process" in key and key.endswith(".scale") for key in state)
+    assert qat.is_prepared(network) and not qat.is_prepared(SSDLite(Backbone("mobilenet_v3_small"), 2, SIZE))
+
+
+def test_a_prepared_network_loads_its_own_state_afresh(trained):
+    """What resuming and exporting a QAT checkpoint do: a freshly prepared network takes the saved state, scales
+    included, and gives the same outputs."""
+    network, _ = trained
+    fresh = SSDLite(Backbone("mobilenet_v3_small", levels=[16, 32]), num_classes=2, image_size=SIZE,
+                    score_thresh=0.05, detections_per_img=20)
+    qat.prepare(fresh, torch.stack(images(2, seed=0)))
+    fresh.load_state_dict(network.state_dict())
+    batch = torch.stack(images(2, seed=9))
+    with torch.no_grad():
+        for key, value in fresh.eval()(batch).items():
+            torch.testing.assert_close(value, network(batch)[key])
+
+
+def test_the_int8_network_is_quantized_and_close_to_the_fake_quantized_one(trained):
+    network, converted = trained
+    ops = {str(node.target) for part in qat.quantized_parts(network)
+           for node in getattr(converted, part).graph.nodes if node.op == "call_function"}
+    assert "quantized_decomposed.quantize_per_tensor.default" in ops
+    assert "quantized_decomposed.dequantize_per_channel.default" in ops
+    assert qat.is_converted(converted) and qat.is_prepared(network)  # the prepared network is unchanged
+    test = images(4, seed=20, size=(70, 90))
+    with torch.no_grad():
+        stats = agreement("detect", run_images(network, test), run_images(converted, test), box_tolerance=1.0)
+    assert stats["detections"] > 0 and stats["unmatched"] <= 0.1 * stats["detections"], stats
+
+
+@pytest.mark.parametrize("runtime", ["onnx", "openvino"])
+def test_the_onnx_and_openvino_files_give_the_int8_networks_detections(trained, runtime, tmp_path):
+    _, converted = trained
+    path = export_onnx(converted, tmp_path / "model.onnx", METADATA)
+    if runtime == "openvino":
+        path = onnx_to_openvino(path, tmp_path / "model.xml", METADATA)
+    import onnx
+
+    graph = onnx.load(str(tmp_path / "model.onnx")).graph
+    kinds = [node.op_type for node in graph.node]
+    assert kinds.count("QuantizeLinear") > 20 and kinds.count("DequantizeLinear") > 40
+    test = images(4, seed=21, size=(70, 90))
+    with torch.no_grad():
+        expected = run_images(converted, test)
+    stats = agreement("detect", expected, run_images(ExportedModel(path, threads=1), test), box_tolerance=1.0)
+    assert stats["detections"] > 0 and stats["unmatched"] <= 0.05 * stats["detections"], stats
+
+
+def test_prepare_keeps_the_networks_function_and_its_batch_norms_settings():
+    """With fake quantization off, a prepared network computes what the float one does, in eval and train mode
+    alike: torchao's pattern puts eps 1e-5 and momentum 0.1 into every batch norm, which prepare undoes."""
+    import copy
+
+    from torchao.quantization.pt2e.fake_quantize import FakeQuantizeBase
+
+    torch.manual_seed(0)
+    network = SSDLite(Backbone("mobilenet_v3_small", levels=[16, 32]), num_classes=2, image_size=SIZE,
+                      score_thresh=0.05, detections_per_img=20)
+    with torch.no_grad():  # batch-norm statistics of some batches (the default momentum, 0.01, barely moves them)
+        for norm in network.modules():
+            if isinstance(norm, torch.nn.BatchNorm2d):
+                norm.running_var.uniform_(1e-4, 2.0)
+                norm.running_mean.uniform_(-0.5, 0.5)
+    network.eval()
+    prepared = qat.prepare(copy.deepcopy(network), torch.stack(images(2, seed=0)))
+    for fake in prepared.modules():
+        if isinstance(fake, FakeQuantizeBase):
+            fake.disable_fake_quant()
+            fake.disable_observer()
+    batch = torch.stack(images(3, seed=5))
+    for _ in range(2):  # and after a switch to train mode and back
+        with torch.no_grad():
+            expected, found = network(batch), prepared(batch)
+        torch.testing.assert_close(found["scores"], expected["scores"], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(found["boxes"], expected["boxes"], atol=1e-2, rtol=1e-4)
+        prepared.train()
+        prepared.eval()
+    momenta = {node.args[6] for node in prepared.backbone.graph.nodes
+               if node.target is torch.ops.aten.batch_norm.default}
+    assert momenta == {0.01, 0.03}, momenta  # MobileNetV3's own (torchvision's) and the extra layers' (SSDLite's)
+    copied = copy.deepcopy(prepared)
+    copied.train()
+    assert not prepared.training and not any(node.args[5] for node in prepared.backbone.graph.nodes
+                                             if node.target is torch.ops.aten.batch_norm.default)
