@@ -176,6 +176,7 @@ class KestrelTask(pl.LightningModule):
         if checkpoint.get("hyper_parameters", {}).get("quantization") == "qat":
             self.quantization = "qat"
             self.prepare_quantization()
+            qat.size_like(self.model, checkpoint.get("state_dict", {}), prefix="model.")
 
     def prepare_quantization(self) -> None:
         """Put fake quantization into the network (once) if this task trains with it (:func:`tasks.qat.prepare`)."""
@@ -315,7 +316,7 @@ class KestrelTask(pl.LightningModule):
         if qat.is_prepared(self.model):
             progress = self.global_step / max(int(self.trainer.estimated_stepping_batches), 1)
             for what in qat.follow_schedule(self.model, progress):
-                rank_zero_info(f"QAT: {what} frozen from step {self.global_step}")
+                print(f"QAT: {what} frozen from step {self.global_step}")
 
     def on_predict_epoch_start(self) -> None:
         self._copy_for_inference()
@@ -402,10 +403,12 @@ class KestrelTask(pl.LightningModule):
 
     @torch.no_grad()
     def gflops(self) -> float:
-        """GFLOPs of one forward of one image at the input size, decoding included (torch's FLOP counter)."""
+        """GFLOPs of one forward of one image at the input size, decoding included (torch's FLOP counter; a QAT
+        network's counted on its INT8 version, whose fake quantizers the counter cannot run through)."""
         counter = FlopCounterMode(display=False)
         was_training = self.model.training
+        model = qat.convert(self.model) if qat.is_prepared(self.model) else self.model.eval()
         with counter:
-            self.model.eval()(torch.zeros(1, 3, *self.input_size(), dtype=torch.uint8, device=self.device))
+            model(torch.zeros(1, 3, *self.input_size(), dtype=torch.uint8, device=self.device))
         self.model.train(was_training)
         return counter.get_total_flops() / 1e9

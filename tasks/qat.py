@@ -1,7 +1,7 @@
 """Quantization-aware training: torchao's pt2e flow with ExecuTorch's XNNPACK quantizer on a Kestrel network.
 
 The quantized parts of a network are the parts INT8 export quantizes (every child module with weights but the
-input's scaling, :data:`tasks.deploy.mobile.NOT_QUANTIZED`: SSDLite's backbone and head). Each is traced by
+input's scaling, :data:`NOT_QUANTIZED`: SSDLite's backbone and head). Each is traced by
 ``torch.export`` (the batch size left open) and prepared by ``prepare_qat_pt2e``: convolutions and linear
 layers get fake-quantized weights (int8, per output channel, symmetric) and activations (int8, per tensor), and
 each batch norm stays in the graph beside its convolution, folded into the fake-quantized weight as the library
@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
+#: the network's parts that INT8 quantizes (QAT and every INT8 export): every child module but the input's scaling
+NOT_QUANTIZED = ("input",)
 #: quantization a task can train with (``--model.quantization``)
 QUANTIZATIONS = ("qat",)
 #: share of a QAT fine-tune's steps after which the batch norms' statistics, then the observers' ranges, stay as they
@@ -37,8 +39,6 @@ FREEZE_OBSERVERS_AT = 0.4
 
 def quantized_parts(network: nn.Module) -> list[str]:
     """The names of the children of ``network`` that INT8 quantizes: those with weights, but the input's scaling."""
-    from .deploy.mobile import NOT_QUANTIZED
-
     return [name for name, child in network.named_children()
             if name not in NOT_QUANTIZED and any(True for _ in child.parameters())]
 
@@ -217,6 +217,21 @@ def _sizes_traceable(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
                     user.target = _tensor_method
     graph.recompile()
     return graph
+
+
+def size_like(network: nn.Module, state: dict[str, torch.Tensor], prefix: str = "") -> None:
+    """Give the fake quantizers' and observers' buffers of a prepared ``network`` the sizes they have in ``state`` (its
+    keys under ``prefix``): per-channel ones are empty until their first observation, so that a freshly prepared
+    network's shapes differ from a trained one's until it loads them."""
+    from torchao.quantization.pt2e.fake_quantize import FakeQuantizeBase
+    from torchao.quantization.pt2e.observer import ObserverBase
+
+    for name, module in network.named_modules():
+        if isinstance(module, (FakeQuantizeBase, ObserverBase)):
+            for buffer_name, buffer in module.named_buffers(recurse=False):
+                saved = state.get(f"{prefix}{name}.{buffer_name}")
+                if saved is not None and saved.shape != buffer.shape:
+                    buffer.resize_(saved.shape)
 
 
 def _fake_quantizers(network: nn.Module) -> Iterator[nn.Module]:

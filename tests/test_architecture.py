@@ -20,14 +20,15 @@ ALLOWED = {
     "tasks.data": ("backbones", "heads", "tasks.data", "tasks.evaluation"),
     "tasks.reporting": ("tasks.reporting", "tasks.data", "tasks.evaluation", "tasks.provenance",
                         "tasks.deploy.runtime"),
-    "tasks.deploy.mobile": ("heads",),  # the networks' resize, as an app's
+    "tasks.deploy.mobile": ("heads", "tasks.qat"),  # the networks' resize, as an app's; a QAT network's INT8
     "tasks.deploy.litert_convert": (),  # run in a subprocess of its own
     "tasks.deploy.runtime": ("tasks.deploy.mobile",),
     "tasks.deploy.agreement": (),
     "tasks.deploy.quantize": (),
-    "tasks.deploy.export": ("backbones", "tasks.deploy", "tasks.provenance"),
+    "tasks.deploy.export": ("backbones", "tasks.deploy", "tasks.provenance", "tasks.qat"),
     "tasks.provenance": ("backbones",),  # the version
     "tasks.optim": (),
+    "tasks.qat": (),
 }
 
 

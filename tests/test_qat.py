@@ -34,12 +34,12 @@ def trained():
     qat.prepare(network, torch.stack(images(2, seed=0)))
     network.train()
     optimizer = torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.9)
-    for step in range(6):
+    for step in range(4):
         losses = network(images(4, seed=step + 1), targets(4))
         optimizer.zero_grad()
         sum(losses.values()).backward()
         optimizer.step()
-        if step == 3:
+        if step == 2:
             assert qat.freeze_batch_norms(network) > 10
             assert qat.freeze_observers(network) > 10
     return network.eval(), qat.convert(network)
@@ -135,3 +135,70 @@ def test_prepare_keeps_the_networks_function_and_its_batch_norms_settings():
     copied.train()
     assert not prepared.training and not any(node.args[5] for node in prepared.backbone.graph.nodes
                                              if node.target is torch.ops.aten.batch_norm.default)
+
+
+@pytest.mark.slow  # about 4 minutes: six QAT preparations of MobileNetV3-Large
+def test_qat_from_the_command_line_resumes_tests_and_exports_its_own_int8(shapes, detector_run, tmp_path, capsys):
+    """The contract's commands: a QAT fine-tune of a float checkpoint, resumed; its checkpoint tested and exported
+    (with the float config: the checkpoint says it is QAT) to an INT8 ONNX file carrying its scales."""
+    import json
+
+    import onnx
+    from cli_runs import demo_args
+
+    from tasks.detect import cli_main
+
+    float_checkpoint = detector_run / "lightning_logs" / "version_0" / "checkpoints" / "best.ckpt"
+    run_dir = tmp_path / "qat"
+    common = ["--data.train_split", "val2017", "--data.augment", "none"]
+    fit = demo_args("ssdlite_mbv3_shapes", shapes / "coco", run_dir, "128", *common, "--model.init_from",
+                    str(float_checkpoint), "--model.quantization", "qat", "--model.optimizer.init_args.lr", "0.0003",
+                    "--model.scheduler.init_args.warmup_steps", "1")
+    cli_main(["fit", *fit, "--trainer.max_epochs", "1"])  # 2 steps: frozen from the second (30%, 40%)
+    printed = capsys.readouterr().out
+    assert "QAT: batch-norm statistics frozen from step 1" in printed
+    assert "QAT: quantization ranges frozen from step 1" in printed
+    cli_main(["fit", *fit, "--trainer.max_epochs", "2", "--ckpt_path", "last"])
+    printed = capsys.readouterr().out  # the ranges stay frozen (the checkpoint says so); the statistics again
+    assert "Resuming from checkpoint" in printed and "quantization ranges frozen" not in printed
+    assert "QAT: batch-norm statistics frozen from step 2" in printed
+    checkpoints = run_dir / "lightning_logs" / "version_0" / "checkpoints"  # the resumed run writes beside them
+    last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 4 and last["hyper_parameters"]["quantization"] == "qat"
+    assert any(key.endswith(".scale") for key in last["state_dict"])
+
+    plain = demo_args("ssdlite_mbv3_shapes", shapes / "coco", tmp_path / "plain", "128", *common)
+    with pytest.raises(ValueError, match="add --int8 true"):
+        cli_main(["export", *plain, "--ckpt_path", str(checkpoints / "last.ckpt"), "--output",
+                  str(tmp_path / "x.onnx")])
+    output = tmp_path / "model_int8.onnx"
+    cli_main(["export", *plain, "--ckpt_path", str(checkpoints / "last.ckpt"), "--int8", "true", "--output",
+              str(output)])
+    printed = capsys.readouterr().out
+    assert "Checked INT8 against the QAT network's own INT8" in printed, printed
+    metadata = json.loads({p.key: p.value for p in onnx.load(str(output)).metadata_props}["kestrel"])
+    assert metadata["precision"] == "int8" and metadata["int8"]["quantization"] == "qat"
+    assert "calibration_images" not in metadata["int8"]
+    for checkpoint in (checkpoints / "last.ckpt", output):  # the QAT checkpoint in PyTorch, and its file
+        cli_main(["test", *plain, "--ckpt_path", str(checkpoint)])
+        assert "test/map" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # a minute each: lowering to XNNPACK, converting with litert-torch
+@pytest.mark.parametrize("suffix", [".pte", ".tflite"])
+def test_the_phone_files_give_the_int8_networks_detections(trained, suffix, tmp_path):
+    from tasks.deploy.agreement import budget
+    from tasks.deploy.mobile import phone_metadata, write_phone_file
+
+    network, converted = trained
+    if suffix == ".tflite":  # litert-torch reads the weights' quantization as operations, not folded into int8
+        converted = qat.convert(network, fold_weights=False)
+    fmt = "executorch" if suffix == ".pte" else "tflite"
+    metadata = phone_metadata(converted, {**METADATA, "format": fmt, "precision": "int8"}, [SIZE, SIZE])
+    path = write_phone_file(converted, tmp_path / f"model{suffix}", metadata, [SIZE, SIZE])
+    test = images(4, seed=21)
+    with torch.no_grad():
+        expected = run_images(converted, test)
+    found = run_images(ExportedModel(path, threads=1), test)
+    stats = agreement("detect", budget(expected, found), found, box_tolerance=1.0)
+    assert stats["detections"] > 0 and stats["unmatched"] <= 0.35 * stats["detections"], stats

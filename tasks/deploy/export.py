@@ -29,8 +29,9 @@ from tqdm import tqdm
 
 from backbones._weights import load_weights
 
-from .. import qat
 from ..provenance import backbone_name, file_sha256, kestrel_version
+from ..qat import convert as convert_qat
+from ..qat import is_converted, is_prepared
 from .agreement import agreement, budget, faithful, summarize
 from .mobile import (
     COREML_SUFFIX,
@@ -161,11 +162,15 @@ def export_task(trainer: pl.Trainer, task: KestrelTask, datamodule: pl.Lightning
     if not source:
         warnings.warn("exporting the network's initial weights: no --ckpt_path and no model.init_from", stacklevel=2)
     network = task.model.cpu().eval()
-    if qat.is_prepared(network):
+    if is_prepared(network):
+        if format == "coreml":
+            raise ValueError(f"{source} was trained with fake quantization: it exports to INT8 as onnx, openvino, "
+                             "executorch or tflite; Core ML's INT8 quantizes weights only (--format coreml --int8 true "
+                             "of the float checkpoint)")
         if not int8:
             raise ValueError(f"{source} was trained with fake quantization (model.quantization qat): it exports to "
                              "INT8 with the scales it learned; add --int8 true")
-        network = qat.convert(network, fold_weights=format != "tflite")  # (litert-torch reads unfolded ones)
+        network = convert_qat(network, fold_weights=format != "tflite")  # (litert-torch reads unfolded ones)
     suffix = FORMATS[format]
     path = Path(output) if output else _export_folder(trainer, ckpt_path) / f"model{'_int8' if int8 else ''}{suffix}"
     metadata = {
@@ -216,7 +221,7 @@ def _export_mobile(task: KestrelTask, network: nn.Module, datamodule: pl.Lightni
         return
     tflite = metadata["format"] == "tflite"
     images = None
-    if int8 and qat.is_converted(network):
+    if int8 and is_converted(network):
         metadata["int8"] = _qat_int8()
     elif int8:
         images = split_images(datamodule, "train", calibration_images)
@@ -240,14 +245,15 @@ def _export_onnx_or_openvino(network: nn.Module, datamodule: pl.LightningDataMod
                              metadata: dict[str, Any], int8: bool, calibration_images: int,
                              int8_calibration: Calibration, int8_float: Sequence[KeepFloat]) -> None:
     with tempfile.TemporaryDirectory() as scratch:
-        onnx_path = path if format == "onnx" and not int8 else Path(scratch) / "model.onnx"
+        own_int8 = is_converted(network)  # a QAT network: INT8 as it is exported
+        onnx_path = path if format == "onnx" and (not int8 or own_int8) else Path(scratch) / "model.onnx"
         print(f"Exporting {metadata['network']} on {metadata['backbone']} to ONNX (opset {OPSET})")
-        if int8 and qat.is_converted(network):  # a QAT checkpoint's: its own scales, written as QDQ
+        if int8 and is_converted(network):  # a QAT checkpoint's: its own scales, written as QDQ
             metadata["int8"] = _qat_int8()
             export_onnx(network, onnx_path, metadata)
         else:
             export_onnx(network, onnx_path, {**metadata, "format": "onnx", "precision": "fp32"})
-        if int8 and not qat.is_converted(network):
+        if int8 and not is_converted(network):
             images = split_images(datamodule, "train", calibration_images)
             metadata["int8"] = {"calibration_images": len(images), "calibration_split": datamodule.split_name("train"),
                                 "calibration": int8_calibration,
@@ -280,7 +286,8 @@ def _check(task: str, network: nn.Module, path: Path, images: list[torch.Tensor]
     if "fixed_input_size" in exported.metadata:  # NMS over a fixed budget of candidates: the first detections
         reference = budget(reference, candidate)
     stats = agreement(task, reference, candidate, box_tolerance=1.0 if int8 else 1e-2)
-    what = "INT8 against float PyTorch" if int8 else "against PyTorch"
+    what = ("INT8 against the QAT network's own INT8 in PyTorch" if is_converted(network) else
+            "INT8 against float PyTorch" if int8 else "against PyTorch")
     print(f"Checked {what} on {len(images)} validation images in {exported.runtime}: {summarize(task, stats)}")
     if not int8 and not faithful(task, stats):
         warnings.warn(f"{path} does not reproduce PyTorch on these images ({summarize(task, stats)}); "

@@ -47,7 +47,7 @@ from torch import nn
 
 from heads._input import resize
 
-from ..qat import is_converted
+from ..qat import NOT_QUANTIZED, is_converted
 
 PTE_SUFFIX = ".pte"
 TFLITE_SUFFIX = ".tflite"
@@ -59,8 +59,6 @@ TFLITE_DETECTION_OUTPUTS = ("boxes", "classes", "scores", "count")
 #: the name of every exported file's metadata entry (ONNX property, OpenVINO rt_info, TFLite metadata)
 METADATA_KEY = "kestrel"
 METADATA_METHOD = "kestrel_metadata"
-#: the network's parts that INT8 quantizes: every child module but the input's scaling
-NOT_QUANTIZED = ("input",)
 
 
 def fit_image(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
