@@ -221,7 +221,8 @@ class SSDLite(SSD):
         shift, scale = codes[..., :2], codes[..., 2:].clamp(max=self.box_coder.bbox_xform_clip)
         centre = shift * size + centre
         half = 0.5 * (torch.exp(scale) * size)
-        return torch.cat([centre - half, centre + half], -1).clamp(0, self.image_size)
+        # stacked, not concatenated: XNNPACK's quantizer would quantize a concatenation's inputs (box arithmetic)
+        return torch.stack([centre - half, centre + half], -2).flatten(-2).clamp(0, self.image_size)
 
     def _class_candidates(self, scores: torch.Tensor) -> torch.Tensor:
         """``scores`` ``(N, classes, boxes)`` with all but the ``topk_candidates`` best of each class set to 0."""
