@@ -113,6 +113,10 @@ def _pattern_eps(part: nn.Module) -> None:
                 norm.eps = PATTERN_EPS
 
 
+def _set_argument(node: torch.fx.Node, index: int, value: Any) -> None:
+    node.args = (*node.args[:index], value, *node.args[index + 1:])
+
+
 def _batch_norms(graph: torch.fx.GraphModule) -> list[torch.fx.Node]:
     return [node for node in graph.graph.nodes if node.target is torch.ops.aten.batch_norm.default]
 
@@ -126,7 +130,7 @@ def _train(self: torch.fx.GraphModule, mode: bool = True) -> torch.fx.GraphModul
     for node in self.graph.nodes:
         index = _MODE_ARGUMENT.get(node.target)
         if index is not None and node.args[index] != mode:
-            node.args = (*node.args[:index], mode, *node.args[index + 1:])
+            _set_argument(node, index, mode)
             changed = True
     if changed:
         self.recompile()
@@ -167,7 +171,7 @@ def prepare(network: nn.Module, example: torch.Tensor) -> nn.Module:
         if len(norms) != len(momenta):
             raise RuntimeError(f"QAT preparation of {name} left {len(norms)} of its {len(momenta)} batch norms")
         for node, momentum in zip(norms, momenta):  # the pattern's default, 0.1, replaced by each norm's own
-            node.args = (*node.args[:_MOMENTUM_ARGUMENT], momentum, *node.args[_MOMENTUM_ARGUMENT + 1:])
+            _set_argument(node, _MOMENTUM_ARGUMENT, momentum)
         prepared.recompile()
         setattr(network, name, _switchable(prepared))  # .train() / .eval() switch its batch norms
     network.quantization = "qat"
@@ -257,7 +261,7 @@ def freeze_batch_norms(network: nn.Module) -> int:
         graph = getattr(network, name)
         norms = [node for node in _batch_norms(graph) if node.args[_MOMENTUM_ARGUMENT] != 0.0]
         for node in norms:
-            node.args = (*node.args[:_MOMENTUM_ARGUMENT], 0.0, *node.args[_MOMENTUM_ARGUMENT + 1:])
+            _set_argument(node, _MOMENTUM_ARGUMENT, 0.0)
         if norms:
             graph.recompile()
         count += len(norms)

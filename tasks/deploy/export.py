@@ -248,12 +248,12 @@ def _export_onnx_or_openvino(network: nn.Module, datamodule: pl.LightningDataMod
         own_int8 = is_converted(network)  # a QAT network: INT8 as it is exported
         onnx_path = path if format == "onnx" and (not int8 or own_int8) else Path(scratch) / "model.onnx"
         print(f"Exporting {metadata['network']} on {metadata['backbone']} to ONNX (opset {OPSET})")
-        if int8 and is_converted(network):  # a QAT checkpoint's: its own scales, written as QDQ
+        if int8 and own_int8:  # a QAT checkpoint's: its own scales, written as QDQ
             metadata["int8"] = _qat_int8()
             export_onnx(network, onnx_path, metadata)
         else:
             export_onnx(network, onnx_path, {**metadata, "format": "onnx", "precision": "fp32"})
-        if int8 and not is_converted(network):
+        if int8 and not own_int8:
             images = split_images(datamodule, "train", calibration_images)
             metadata["int8"] = {"calibration_images": len(images), "calibration_split": datamodule.split_name("train"),
                                 "calibration": int8_calibration,

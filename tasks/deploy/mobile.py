@@ -47,7 +47,7 @@ from torch import nn
 
 from heads._input import resize
 
-from ..qat import NOT_QUANTIZED, is_converted
+from ..qat import is_converted, quantized_parts, quantizer
 
 PTE_SUFFIX = ".pte"
 TFLITE_SUFFIX = ".tflite"
@@ -98,15 +98,9 @@ def export_program(network: nn.Module, input_size: Sequence[int]) -> torch.expor
 
 
 def _xnnpack_quantizer(network: nn.Module):
-    """XNNPACK's quantizer for the float operations inside the network's quantized parts (every child
-    module with weights but :data:`NOT_QUANTIZED`): not the input's scaling, box decoding or NMS."""
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer,
-        get_symmetric_quantization_config,
-    )
-
-    parts = {name for name, child in network.named_children()
-             if name not in NOT_QUANTIZED and any(True for _ in child.parameters())}
+    """XNNPACK's quantizer (:func:`tasks.qat.quantizer`) for the float operations inside the network's quantized
+    parts (:func:`tasks.qat.quantized_parts`): not the input's scaling, box decoding or NMS."""
+    parts = set(quantized_parts(network))
 
     def inside(node: torch.fx.Node) -> bool:
         if node.op != "call_function":  # weights and biases: quantized with the operation that reads them
@@ -117,8 +111,7 @@ def _xnnpack_quantizer(network: nn.Module):
         return any(path.split(".")[0] in parts for path, _ in node.meta.get("nn_module_stack", {}).values())
 
     # a module-name setting would skip every convolution: its weight, a get_attr node, has no module stack
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    return quantizer.set_filter_function(inside)
+    return quantizer(qat=False).set_filter_function(inside)
 
 
 def quantize_program(network: nn.Module, input_size: Sequence[int],
