@@ -28,31 +28,28 @@ class _BatchedNMS(torch.autograd.Function):
     @staticmethod
     def forward(ctx, boxes: torch.Tensor, scores: torch.Tensor, max_per_class: int, iou_threshold: float,
                 score_threshold: float) -> torch.Tensor:
-        selected = [boxes.new_zeros((0, 3), dtype=torch.int64)]
+        kept = torch.full_like(scores, -1.0)
         for image, (image_boxes, image_scores) in enumerate(zip(boxes, scores)):
             label, box = torch.nonzero(image_scores > score_threshold, as_tuple=True)
             keep = torchvision_batched_nms(image_boxes[box], image_scores[label, box], label, iou_threshold)
             keep = keep[_rank_within_class(label[keep]) < max_per_class]  # keep is sorted by score
-            selected.append(torch.stack([torch.full_like(keep, image), label[keep], box[keep]], 1))
-        return torch.cat(selected)
+            kept[image, label[keep], box[keep]] = image_scores[label[keep], box[keep]]
+        return kept
 
     @staticmethod
     def symbolic(g, boxes, scores, max_per_class: int, iou_threshold: float, score_threshold: float):
-        if isinstance(max_per_class, int):
-            most = g.op("Constant", value_t=torch.tensor([max_per_class], dtype=torch.int64))
-        else:  # a size the tracer kept dynamic (a graph module's output, e.g. a QAT network's head)
-            most = g.op("Reshape", g.op("Cast", max_per_class, to_i=7),  # int64
-                        g.op("Constant", value_t=torch.tensor([1], dtype=torch.int64)))
-        return g.op(
-            "NonMaxSuppression", boxes, scores, most,
+        selected = g.op(  # (M, 3) rows (image, class, box): the index of each kept score in `scores`
+            "NonMaxSuppression", boxes, scores, g.op("Constant", value_t=torch.tensor([max_per_class])),
             g.op("Constant", value_t=torch.tensor([iou_threshold], dtype=torch.float32)),
             g.op("Constant", value_t=torch.tensor([score_threshold], dtype=torch.float32)),
         )
+        empty = g.op("ConstantOfShape", g.op("Shape", scores), value_t=torch.tensor([-1.0], dtype=torch.float32))
+        return g.op("ScatterND", empty, selected, g.op("GatherND", scores, selected))
 
 
 def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, max_per_class: int, iou_threshold: float,
                 score_threshold: float) -> torch.Tensor:
-    """Per image and class, the boxes NMS keeps.
+    """Per image and class, the scores of the boxes NMS keeps.
 
     Args:
         boxes: ``(N, B, 4)`` corner boxes ``x1, y1, x2, y2``, shared by every class.
@@ -62,7 +59,9 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, max_per_class: int, i
         score_threshold: Scores at or below are dropped first.
 
     Returns:
-        ``(M, 3)`` int64 rows ``(image, class, box)``, as ONNX's ``NonMaxSuppression``.
+        ``(N, C, B)``: ``scores`` where NMS keeps the box for the class, -1 elsewhere. Exported, ONNX's
+        ``NonMaxSuppression`` and a scatter of the scores it selects: a handful of nodes, where indexing
+        with its ``(image, class, box)`` rows would trace into dozens.
     """
     return _BatchedNMS.apply(boxes, scores, max_per_class, iou_threshold, score_threshold)
 

@@ -160,16 +160,16 @@ class SSDLite(SSD):
         """Detections of uint8 images, padded to ``detections_per_img`` per image (see the class docstring)."""
         side = self.image_size
         if isinstance(images, torch.Tensor):
-            sizes = image_size(images)[None].expand(images.shape[0], 2)
+            scale = image_size(images).flip(0).repeat(2) / side  # w, h, w, h: input pixels per detector pixel
             resized = torch.jit.is_tracing() or tuple(images.shape[-2:]) != (side, side)
             x = self.input(images, (side, side) if resized else None)
         else:  # torchvision's list of images of any sizes, each resized on its own
-            sizes = torch.stack([image_size(image[None]) for image in images])
+            scale = (torch.stack([image_size(image[None]) for image in images]).flip(-1) / side).repeat(1, 2)[:, None]
             x = torch.cat([self.input(image[None], (side, side)) for image in images])
         features = list(self.backbone(x).values())
         outputs = self.head(features)
         return self.postprocess(outputs["bbox_regression"], outputs["cls_logits"], self.default_boxes(x, features),
-                                sizes)
+                                scale)
 
     def default_boxes(self, x: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
         """The anchors (torchvision's ``DefaultBoxGenerator``) of the ``image_size`` square and these feature maps,
@@ -185,27 +185,25 @@ class SSDLite(SSD):
         return boxes
 
     def postprocess(self, regression: torch.Tensor, logits: torch.Tensor, anchors: torch.Tensor,
-                    sizes: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Decoded, suppressed detections of a batch, boxes scaled from the input size to ``sizes``."""
-        n, count = regression.shape[:2]
+                    scale: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Decoded, suppressed detections of a batch, boxes multiplied by ``scale`` (``(4,)`` or ``(N, 1, 4)``:
+        ``w, h, w, h`` input pixels per detector pixel)."""
+        count = int(regression.shape[1])  # the anchors: a constant of the network, also in a traced graph
         scores = F.softmax(logits, dim=-1)[..., 1:].transpose(1, 2)  # (N, classes, boxes), background dropped
         if self.fixed_candidates is not None:
-            return self._fixed_shape_detections(regression, anchors, scores, sizes)
+            return self._fixed_shape_detections(regression, anchors, scores, scale)
         boxes = self._decode(regression, anchors)
         # torchvision keeps the topk_candidates best boxes of each class above the score threshold
-        scores = self._class_candidates(scores)
-        selected = batched_nms(boxes, scores, min(self.topk_candidates, count), self.nms_thresh, self.score_thresh)
-        image, label, box = selected[:, 0], selected[:, 1], selected[:, 2]
-        flat = scores.new_full((n, scores.shape[1] * count), -1.0)
-        flat[image, label * count + box] = scores[image, label, box]
-        score, index = flat.topk(min(self.detections_per_img, flat.shape[1]), dim=1)
+        kept = batched_nms(boxes, self._class_candidates(scores), min(self.topk_candidates, count), self.nms_thresh,
+                           self.score_thresh)
+        score, index = kept.flatten(1).topk(min(self.detections_per_img, int(kept.shape[1]) * count), dim=1)
         found = score > self.score_thresh
-        boxes = boxes.gather(1, (index % count)[..., None].expand(-1, -1, 4))
-        scale = (sizes.flip(-1) / self.image_size).repeat(1, 2)[:, None]  # (N, 1, 4): w, h, w, h
+        label = torch.div(index, count, rounding_mode="trunc")  # (indices are not negative: one Div when exported)
+        boxes = boxes.gather(1, (index - label * count)[..., None].repeat(1, 1, 4))
         return {
             "boxes": boxes * scale * found[..., None],
             "scores": score * found,
-            "labels": torch.where(found, torch.div(index, count, rounding_mode="floor") + 1, 0),
+            "labels": torch.where(found, label + 1, 0),
             "num_detections": found.sum(1),
         }
 
@@ -221,6 +219,8 @@ class SSDLite(SSD):
         shift, scale = codes[..., :2], codes[..., 2:].clamp(max=self.box_coder.bbox_xform_clip)
         centre = shift * size + centre
         half = 0.5 * (torch.exp(scale) * size)
+        if torch.jit.is_tracing():  # for ONNX: one node, where a stack and a flattening are seven
+            return torch.cat([centre - half, centre + half], -1).clamp(0, self.image_size)
         # stacked, not concatenated: XNNPACK's quantizer would quantize a concatenation's inputs (box arithmetic)
         return torch.stack([centre - half, centre + half], -2).flatten(-2).clamp(0, self.image_size)
 
@@ -230,7 +230,7 @@ class SSDLite(SSD):
         return torch.zeros_like(scores).scatter(-1, index, best)
 
     def _fixed_shape_detections(self, regression: torch.Tensor, anchors: torch.Tensor, scores: torch.Tensor,
-                                sizes: torch.Tensor) -> dict[str, torch.Tensor]:
+                                scale: torch.Tensor) -> dict[str, torch.Tensor]:
         """:meth:`postprocess` with every shape fixed (:meth:`fixed_shapes`): only the ``K`` best class scores of each
         image are decoded and suppressed.
 
@@ -250,7 +250,6 @@ class SSDLite(SSD):
         rows = min(self.detections_per_img, budget)
         found, order = found[:, :rows], order[:, :rows]
         boxes = boxes.gather(1, order[..., None].expand(-1, -1, 4))
-        scale = (sizes.flip(-1) / self.image_size).repeat(1, 2)[:, None]
         pad = self.detections_per_img - rows  # the usual (N, detections_per_img) outputs
         return {
             "boxes": F.pad(boxes * scale * found[..., None], (0, 0, 0, pad)),
