@@ -104,6 +104,7 @@ class DeepLabV3Plus(nn.Module):
         self.backbone = backbone
         self.low_level = stride4[-1].name
         self.output_stride = deepest.stride
+        self.size_multiple = deepest.stride  # logits() pads to it; QAT keeps the parts open to such sizes
         rates = tuple(atrous_rates or ((6, 12, 18) if deepest.stride == 16 else (12, 24, 36)))
         # smp's decoder reads the high-resolution features at index 2 and the deepest at -1.
         channels = [0, 0, stride4[-1].channels, deepest.channels]

@@ -3,7 +3,8 @@
 The quantized parts of a network are the parts INT8 export quantizes (every child module with weights but the
 input's scaling, :data:`NOT_QUANTIZED`: SSDLite's backbone and head). Each is traced by
 ``torch.export`` (the batch size left open) and prepared by ``prepare_qat_pt2e``: convolutions and linear
-layers get fake-quantized weights (int8, per output channel, symmetric) and activations (int8, per tensor), and
+layers get fake-quantized weights (int8, per output channel, symmetric) and activations (int8, per tensor), but
+the first and the last ones (:data:`KEPT_IN_FLOAT`, as post-training INT8 by default), and
 each batch norm stays in the graph beside its convolution, folded into the fake-quantized weight as the library
 does (``_fuse_conv_bn_qat``), so that training sees the folded weights the INT8 file will hold. The network keeps
 its class and its pre- and post-processing; its state dict keeps every parameter's name, plus the fake
@@ -31,6 +32,9 @@ from torch import nn
 NOT_QUANTIZED = ("input",)
 #: quantization a task can train with (``--model.quantization``)
 QUANTIZATIONS = ("qat",)
+#: convolutions QAT leaves in float, as post-training INT8 does by default: the first (on the image) and the last
+#: ones (the predictions), where int8 costs the most accuracy and saves the least time
+KEPT_IN_FLOAT = ("first_conv", "last_convs")
 #: share of a QAT fine-tune's steps after which the batch norms' statistics, then the observers' ranges, stay as they
 #: are: torchao's QAT tutorial's 3 and 4 of 10 epochs
 FREEZE_BATCH_NORMS_AT = 0.3
@@ -64,6 +68,30 @@ def quantizer(qat: bool = True):
     return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
 
 
+_CONVOLUTIONS = (torch.ops.aten.conv1d.default, torch.ops.aten.conv2d.default, torch.ops.aten.conv_transpose2d.input,
+                 torch.ops.aten.linear.default)
+
+
+def end_convolutions(graph: torch.fx.GraphModule, last: bool) -> set[str]:
+    """Names of the nodes of ``graph``'s convolutions (and linear layers) that no other one comes before or, with
+    ``last``, after."""
+    convolutions = {node for node in graph.graph.nodes if node.target in _CONVOLUTIONS}
+
+    def reaches(node: torch.fx.Node) -> bool:
+        seen, stack = set(), [node]
+        while stack:
+            current = stack.pop()
+            for other in (current.users if last else current.all_input_nodes):
+                if other in convolutions:
+                    return True
+                if other not in seen:
+                    seen.add(other)
+                    stack.append(other)
+        return False
+
+    return {node.name for node in convolutions if not reaches(node)}
+
+
 def _part_inputs(network: nn.Module, example: torch.Tensor) -> dict[str, tuple[tuple, dict]]:
     """What each quantized part of ``network`` is called with when the network runs ``example`` in eval mode."""
     seen: dict[str, tuple[tuple, dict]] = {}
@@ -83,15 +111,31 @@ def _part_inputs(network: nn.Module, example: torch.Tensor) -> dict[str, tuple[t
     return seen
 
 
-def _batch_open(value: Any, batch: torch.export.Dim) -> Any:
-    """``dynamic_shapes`` for ``value`` (tensors, lists, tuples, dicts of them): the first axis of every tensor
-    is ``batch``."""
+#: the open units of a part's heights and widths (see :func:`_open_shapes`); 2 at least: a size of 1 would be special
+_UNITS = (torch.export.Dim("height_unit", min=2), torch.export.Dim("width_unit", min=2))
+
+
+def _open_shapes(value: Any, batch: torch.export.Dim, size: tuple[int, tuple[int, int]] | None) -> Any:
+    """``dynamic_shapes`` for ``value`` (tensors, lists, tuples, dicts of them): the first axis of every tensor is
+    ``batch``; with ``size`` ``(multiple, (height, width))`` (the network input's), the height and width of every
+    4-d tensor too: each the multiple of one open unit that its stride from the network's input gives, the input's
+    sides being ``multiple`` units."""
     if isinstance(value, torch.Tensor):
-        return {0: batch}
+        dims: dict[int, Any] = {0: batch}
+        if size is not None and value.dim() == 4:
+            multiple, sides = size
+            for axis, side, unit in zip((2, 3), sides, _UNITS):
+                stride = side // value.shape[axis]
+                if side % value.shape[axis] or multiple % stride:
+                    raise ValueError(f"QAT cannot leave open the size of an input {tuple(value.shape)} (stride "
+                                     f"{side}/{value.shape[axis]}): not a divisor of the network's size multiple "
+                                     f"{multiple}")
+                dims[axis] = unit * (multiple // stride) if multiple > stride else unit
+        return dims
     if isinstance(value, (list, tuple)):
-        return type(value)(_batch_open(v, batch) for v in value)
+        return type(value)(_open_shapes(v, batch, size) for v in value)
     if isinstance(value, dict):
-        return {k: _batch_open(v, batch) for k, v in value.items()}
+        return {k: _open_shapes(v, batch, size) for k, v in value.items()}
     return None
 
 
@@ -160,13 +204,25 @@ def prepare(network: nn.Module, example: torch.Tensor) -> nn.Module:
         raise ValueError("prepare needs an example batch of at least 2 images: one would fix the batch size")
     training = network.training
     batch = torch.export.Dim("batch", min=1)
-    for name, (args, kwargs) in _part_inputs(network, example).items():
+    parts = _part_inputs(network, example)  # in the order the network calls them
+    # a network that trains on crops of another size than it evaluates (segmentation) says by what its input size
+    # is a multiple: its parts' heights and widths stay open, as multiples of that
+    multiple = getattr(network, "size_multiple", None)
+    size = (multiple, tuple(next(iter(parts.values()))[0][0].shape[-2:])) if multiple else None
+    for index, (name, (args, kwargs)) in enumerate(parts.items()):
         part = getattr(network, name).train()
         _pattern_eps(part)
-        graph = torch.export.export(part, args, kwargs, dynamic_shapes=_batch_open((args, kwargs), batch)[0]
-                                    if not kwargs else _batch_open((args, kwargs), batch), strict=False).module()
+        shapes = _open_shapes((args, kwargs), batch, size)
+        graph = torch.export.export(part, args, kwargs, dynamic_shapes=shapes if kwargs else shapes[0],
+                                    strict=False).module()
         momenta = [node.args[_MOMENTUM_ARGUMENT] for node in _batch_norms(graph)]
-        prepared = prepare_qat_pt2e(graph, quantizer(qat=True))
+        float_nodes = set()
+        if index == 0 and "first_conv" in KEPT_IN_FLOAT:
+            float_nodes |= end_convolutions(graph, last=False)
+        if index == len(parts) - 1 and "last_convs" in KEPT_IN_FLOAT:
+            float_nodes |= end_convolutions(graph, last=True)
+        prepared = prepare_qat_pt2e(graph, quantizer(qat=True).set_filter_function(
+            lambda node, float_nodes=float_nodes: node.name not in float_nodes))
         norms = _batch_norms(prepared)
         if len(norms) != len(momenta):
             raise RuntimeError(f"QAT preparation of {name} left {len(norms)} of its {len(momenta)} batch norms")

@@ -30,8 +30,8 @@ from tqdm import tqdm
 from backbones._weights import load_weights
 
 from ..provenance import backbone_name, file_sha256, kestrel_version
+from ..qat import KEPT_IN_FLOAT, is_converted, is_prepared
 from ..qat import convert as convert_qat
-from ..qat import is_converted, is_prepared
 from .agreement import agreement, budget, faithful, summarize
 from .mobile import (
     COREML_SUFFIX,
@@ -271,10 +271,11 @@ def _export_onnx_or_openvino(network: nn.Module, datamodule: pl.LightningDataMod
             onnx_to_openvino(onnx_path, path, metadata)
 
 
-def _qat_int8() -> dict[str, str]:
+def _qat_int8() -> dict[str, Any]:
     return {"quantization": "qat", "scales": "learned in quantization-aware training (no calibration)",
             "quantizer": "executorch XNNPACKQuantizer (torchao pt2e QAT): convolutions and linear layers, weights per "
-                         "channel, activations per tensor (int8)"}
+                         "channel, activations per tensor (int8)",
+            "kept_in_float": list(KEPT_IN_FLOAT)}
 
 
 def _check(task: str, network: nn.Module, path: Path, images: list[torch.Tensor], int8: bool) -> None:
