@@ -134,6 +134,9 @@ class KestrelTask(pl.LightningModule):
         # it, a copy with the weights of now; and the evaluator of the split being evaluated
         object.__setattr__(self, "_inference", None)
         object.__setattr__(self, "_evaluator", None)
+        # an INT8 file's float reference, scored beside it by `test` (see float_reference)
+        object.__setattr__(self, "_reference", None)
+        self.reference_result: dict[str, Any] | None = None
 
     def _save_arguments(self, frame) -> None:
         """The task's arguments (the subclass's too) as its hyperparameters: LightningCLI's parsed config
@@ -350,6 +353,22 @@ class KestrelTask(pl.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._start_evaluation("test")
+        object.__setattr__(self, "_reference", None)
+        self.reference_result = None
+        reference = float_reference(self.exported.metadata) if self.exported is not None else None
+        if reference is None:
+            return
+        if not Path(reference).is_file():
+            print(f"INT8 file: its float reference {reference} is not here, so it is not scored beside it")
+            return
+        try:
+            network = type(self).load_from_checkpoint(reference, map_location=self.device).model
+        except Exception as err:  # noqa: BLE001 - the file's own score stands without it
+            print(f"INT8 file: its float reference {reference} cannot be loaded ({type(err).__name__}: "
+                  f"{str(err).splitlines()[0][:200] if str(err) else ''}), so it is not scored beside it")
+            return
+        evaluator = self.trainer.datamodule.evaluator("test", **self.evaluator_options()).to(self.device)
+        object.__setattr__(self, "_reference", (inference_copy(network.eval()), evaluator, reference))
 
     def validation_step(self, batch, batch_idx: int) -> None:
         images, targets = batch
@@ -358,6 +377,9 @@ class KestrelTask(pl.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         images, targets = batch
         self._evaluator.update(self.predict_images(images), targets)
+        if self._reference is not None:
+            network, evaluator, _ = self._reference
+            evaluator.update(run_images(network, images), targets)
 
     def _log_metrics(self, stage: str, metrics: dict) -> None:
         numbers = {f"{stage}/{k}": v for k, v in metrics.items() if isinstance(v, float) and k != self.main_metric}
@@ -373,7 +395,15 @@ class KestrelTask(pl.LightningModule):
             board.experiment.add_figure("val/samples", sample_grid(self._evaluator.report()), self.global_step)
 
     def on_test_epoch_end(self) -> None:
-        self._log_metrics("test", self._evaluator.compute())
+        metrics = self._evaluator.compute()
+        self._log_metrics("test", metrics)
+        if self._reference is not None:
+            _, evaluator, reference = self._reference
+            value, mine = evaluator.compute()[self.main_metric], metrics[self.main_metric]
+            self.reference_result = {"checkpoint": reference, self.main_metric: value}
+            print(f"INT8 file: {self.main_metric} {mine:.4f}; its float reference in PyTorch ({reference}) "
+                  f"{value:.4f} on the same images: {mine - value:+.4f}")
+            object.__setattr__(self, "_reference", None)
 
     # ----------------------------------------------------------------- what the report says of the model
     def model_details(self) -> dict[str, str]:
@@ -399,6 +429,10 @@ class KestrelTask(pl.LightningModule):
         else:
             weights = {"runtime": f"PyTorch {torch.__version__} (eager)",
                        "checkpoint": checkpoint or "none (weights as initialized)"}
+        if self.reference_result is not None:
+            value = self.reference_result[self.main_metric]
+            weights["float reference (PyTorch)"] = (f"{self.main_metric} {value:.4f} "
+                                                    f"({self.reference_result['checkpoint']})")
         return {**weights, "checkpoint sha256": file_sha256(checkpoint) if checkpoint else "-"}
 
     @torch.no_grad()
@@ -412,3 +446,17 @@ class KestrelTask(pl.LightningModule):
             model(torch.zeros(1, 3, *self.input_size(), dtype=torch.uint8, device=self.device))
         self.model.train(was_training)
         return counter.get_total_flops() / 1e9
+
+
+def float_reference(metadata: dict[str, Any]) -> str | None:
+    """The float checkpoint an INT8 file is measured against: the checkpoint it was exported from, or for a QAT
+    network's file the float checkpoint its fine-tune started from (``init_from``). None for a float file."""
+    if metadata.get("precision") != "int8" or not metadata.get("checkpoint"):
+        return None
+    checkpoint = metadata["checkpoint"]
+    if metadata.get("int8", {}).get("quantization") != "qat":
+        return checkpoint
+    if not Path(checkpoint).is_file():
+        return checkpoint
+    hyper = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
+    return hyper.get("init_from")

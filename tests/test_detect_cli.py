@@ -239,8 +239,16 @@ def test_int8_is_smaller_and_close(data, trained, checkpoint_metrics, onnx_file,
     assert int8.name == "model_int8.onnx" and int8.stat().st_size <= 0.4 * fp32.stat().st_size
     metadata = read_metadata(int8)
     assert metadata["precision"] == "int8" and metadata["int8"]["calibration_images"] == 16  # the training split
+    capsys.readouterr()
     cli_main(["test", *small(data / "coco", tmp_path, "--ckpt_path", str(int8))])
     assert read_metrics(tmp_path)["map_50"] == pytest.approx(checkpoint_metrics["map_50"], abs=0.05)
+    # the float checkpoint it came from, scored beside it on the same images
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("INT8 file: map"))
+    mine, reference = read_metrics(tmp_path)["map"], checkpoint_metrics["map"]
+    assert line.startswith(f"INT8 file: map {mine:.4f}; its float reference in PyTorch (")
+    assert line.endswith(f") {reference:.4f} on the same images: {mine - reference:+.4f}"), line
+    report = (latest_version(tmp_path) / "report" / "report.md").read_text()
+    assert f"| float reference (PyTorch) | map {reference:.4f} (" in report
     assert metadata["int8"]["calibration"] == "percentile"
     assert metadata["int8"]["kept_in_float"] == ["first_conv", "last_convs"]
     assert float_convs(int8) == {*conv_nodes(onnx.load(str(fp32)), "first_conv"),
