@@ -108,7 +108,7 @@ bench: install $(DEMO_DATA)/coco/annotations/instances_val2017.json  ## speed an
 bench-grid: install  ## SSDLite on MobileNetV2 / V3: width multiplier x input resolution
 	$(PY) -m tasks.benchmark --grid --markdown docs/benchmarks/demo.md
 
-bench-int8-backbones: install $(DEMO_DATA)/coco/annotations/instances_val2017.json  ## fp32 vs INT8 mAP of SSDLite on MobileNetV1/V2/V3/EfficientNet-Lite0 (50 min)
+bench-int8-backbones: install $(DEMO_DATA)/coco/annotations/instances_val2017.json  ## fp32, post-training INT8 and QAT INT8 mAP of SSDLite on MobileNetV1/V2/V3/EfficientNet-Lite0 (2 hours)
 	$(PY) -m tasks.benchmark quantization --markdown docs/benchmarks/int8-backbones.md
 
 lint: install

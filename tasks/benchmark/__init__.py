@@ -14,7 +14,7 @@ library versions, date) with the table.
 ``--grid``: SSDLite on MobileNetV2 and V3 over width multiplier x input resolution (``grid``).
 ``training``: loader, bare torchvision loop and ``fit`` images per second (``training``).
 ``runtimes CKPT FILES...``: one checkpoint beside its exported files.
-``quantization``: fp32 against INT8 accuracy per backbone.
+``quantization``: fp32 against post-training and QAT INT8 accuracy per backbone.
 ``pick``: the backbones that fit a latency budget with a task's head (also ``python -m backbones pick``).
 """
 

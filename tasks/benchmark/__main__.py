@@ -105,17 +105,20 @@ def _quantization(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m tasks.benchmark quantization",
         description="fp32 against INT8 accuracy per backbone: each trained with the same detection recipe, exported "
-        "to INT8 ONNX and scored by `test`")
+        "to INT8 ONNX, fine-tuned with QAT and exported again (ONNX, ExecuTorch), every form scored by `test`")
     parser.add_argument("backbones", nargs="*", default=list(DEFAULT_BACKBONES),
                         help=f"registered backbone names (default: {' '.join(DEFAULT_BACKBONES)})")
     parser.add_argument("--config", default="configs/demo/ssdlite_mbv3_shapes.yaml",
                         help="the detection recipe (default: the demo detector's)")
     parser.add_argument("--epochs", type=int, help="training epochs (default: the config's)")
     parser.add_argument("--out", default="runs/benchmark/quantization")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep what an earlier run left under --out (a checkpoint, an exported file) instead of "
+                             "making it again: a run stopped halfway goes on where it stopped")
     _markdown_option(parser)
     args = parser.parse_args(argv)
     try:
-        quantization(Path(args.config), args.backbones, Path(args.out), args.epochs)
+        quantization(Path(args.config), args.backbones, Path(args.out), args.epochs, args.reuse)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         parser.error(str(err))
     if args.markdown:

@@ -1,25 +1,33 @@
-"""``python -m tasks.benchmark quantization``: how much INT8 costs each backbone, measured.
+"""``python -m tasks.benchmark quantization``: how much INT8 costs each backbone, and what QAT wins back, measured.
 
 Depthwise-separable networks are known to lose accuracy under post-training INT8 quantization (their
 depthwise filters have per-channel ranges far apart; MobileNetV1 worst). For each backbone asked for,
 this trains the demo detector's recipe with that backbone on the same data and budget (the config's
-epochs), exports it to INT8 ONNX with the export's defaults, and scores the checkpoint and the INT8
-file with the task's evaluator (the numbers ``test`` gives). Every step is a command a user can rerun:
-each backbone's config is written beside its run (``OUT/<backbone>/config.yaml``), then
+epochs), exports it to INT8 ONNX with the export's defaults (post-training), fine-tunes it with
+quantization-aware training for a quarter of the float epochs at a tenth of its learning rate (the QAT
+guide's recipe) and exports that to INT8 ONNX and ExecuTorch, and scores the checkpoint and every INT8 file
+with the task's evaluator (the numbers ``test`` gives). Every step is a command a user can rerun: each
+backbone's config is written beside its run (``OUT/<backbone>/ssdlite_<backbone>.yaml``), and every command it
+ran is in ``OUT/<backbone>/commands.log``:
 
-    python -m tasks.detect fit --config OUT/<backbone>/config.yaml
-    python -m tasks.detect export --config OUT/<backbone>/config.yaml --ckpt_path best --int8 true
-    python -m tasks.detect test --config OUT/<backbone>/config.yaml --ckpt_path best   (and the INT8 file)
+    python -m tasks.detect fit --config CONFIG
+    python -m tasks.detect export --config CONFIG --ckpt_path best --int8 true
+    python -m tasks.detect fit --config CONFIG --model.init_from BEST --model.quantization qat ...
+    python -m tasks.detect test --config CONFIG --ckpt_path FILE   (each INT8 file)
+
+With ``--reuse`` a step whose result an earlier run left under ``OUT`` is not run again.
 
 Writes ``OUT/quantization.md`` and ``quantization.json``.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,46 +77,99 @@ def _run(args: list[str], log: Path) -> None:
         raise RuntimeError(f"`{' '.join(command[1:])}` failed (exit {done.returncode}); its output is in {log}")
 
 
-def _newest(root: Path, pattern: str) -> Path:
-    found = sorted(root.glob(pattern), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise FileNotFoundError(f"no {pattern} under {root}")
-    return found[-1]
+def qat_arguments(config: dict[str, Any], root: Path) -> list[str]:
+    """``fit`` arguments that make a float ``config``'s run a QAT fine-tune (see docs/guides/qat.md): a quarter of
+    its epochs, a tenth of its learning rate, a warm-up of at most 25 steps, runs under ``root``."""
+    model, epochs = config["model"], config["trainer"].get("max_epochs") or 4
+    arguments = ["--model.quantization", "qat", "--trainer.max_epochs", str(max(1, epochs // 4)),
+                 "--trainer.default_root_dir", str(root)]
+    lr = model.get("optimizer", {}).get("init_args", {}).get("lr")
+    if lr is not None:
+        arguments += ["--model.optimizer.init_args.lr", f"{lr / 10:g}"]
+    warmup = model.get("scheduler", {}).get("init_args", {}).get("warmup_steps")
+    if warmup is not None:
+        arguments += ["--model.scheduler.init_args.warmup_steps", str(min(warmup, 25))]
+    return arguments
 
 
-def measure(backbone: str, base: dict[str, Any], out: Path, epochs: int | None) -> dict[str, Any]:
-    """Train, export to INT8 and score one backbone; the row of the table."""
+def measure(backbone: str, base: dict[str, Any], out: Path, epochs: int | None, head: str = "ssdlite",
+            reuse: bool = False) -> dict[str, Any]:
+    """Train, export to INT8, fine-tune with QAT, export that, and score them all for one backbone: the row. With
+    ``reuse``, a step whose result an earlier run left under ``out`` is not run again."""
     root = out / backbone
     root.mkdir(parents=True, exist_ok=True)
-    config_path = root / "config.yaml"
-    config_path.write_text(yaml.safe_dump(backbone_config(base, backbone, root, epochs), sort_keys=False))
+    config = backbone_config(base, backbone, root, epochs)
+    config_path = root / f"{head}_{backbone}.yaml"  # the name says the task (tasks.from_config)
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     log = root / "commands.log"
-    start = time.perf_counter()
-    _run(["fit", "--config", str(config_path)], log)
-    fit_s = time.perf_counter() - start
-    ckpt = _newest(root, "lightning_logs/version_*/checkpoints/best.ckpt")
-    int8 = ckpt.parent.parent / "export" / "model_int8.onnx"
-    _run(["export", "--config", str(config_path), "--ckpt_path", str(ckpt), "--int8", "true", "--output", str(int8)],
-         log)
+
+    def step(args: list[str], done: Callable[[], Path | None]) -> tuple[Path, float]:
+        start = time.perf_counter()
+        found = done() if reuse else None
+        if found is None:
+            _run(args, log)
+            found = done()
+        if found is None:
+            raise FileNotFoundError(f"`{' '.join(args[:1])}` left no result under {root}; see {log}")
+        return found, time.perf_counter() - start
+
+    def newest(folder: Path) -> Callable[[], Path | None]:
+        return lambda: next(iter(sorted(folder.glob("lightning_logs/version_*/checkpoints/best.ckpt"),
+                                        key=lambda p: p.stat().st_mtime, reverse=True)), None)
+
+    def existing(path: Path) -> Callable[[], Path | None]:
+        return lambda: path if path.exists() else None
+
+    ckpt, fit_s = step(["fit", "--config", str(config_path)], newest(root))
+    files = {"int8": ckpt.parent.parent / "export" / "model_int8.onnx"}
+    step(["export", "--config", str(config_path), "--ckpt_path", str(ckpt), "--int8", "true", "--output",
+          str(files["int8"])], existing(files["int8"]))
+    qat_ckpt, qat_s = step(["fit", "--config", str(config_path), "--model.init_from", str(ckpt),
+                            *qat_arguments(config, root / "qat")], newest(root / "qat"))
+    for form, name, format in (("qat_onnx", "model_int8.onnx", "onnx"), ("qat_pte", "model_int8.pte", "executorch")):
+        files[form] = qat_ckpt.parent.parent / "export" / name
+        step(["export", "--config", str(config_path), "--ckpt_path", str(qat_ckpt), "--int8", "true", "--format",
+              format, "--output", str(files[form])], existing(files[form]))
     data: DetectionData = data_from_config(config_path)
     task = DetectionTask.load_from_checkpoint(ckpt, map_location="cpu")
-    fp32_metrics = score(inference_copy(task.model.eval()), data, task.evaluator_options())
-    int8_metrics = score(ExportedModel(int8), data, task.evaluator_options())
-    return {"backbone": backbone, "fit_s": fit_s, "checkpoint": str(ckpt), "int8_file": str(int8),
-            "int8_mb": int8.stat().st_size / 1e6, "fp32": fp32_metrics, "int8": int8_metrics}
+    row = {"backbone": backbone, "fit_s": _fit_seconds(ckpt, fit_s), "qat_fit_s": _fit_seconds(qat_ckpt, qat_s),
+           "checkpoint": str(ckpt), "qat_checkpoint": str(qat_ckpt),
+           "fp32": score(inference_copy(task.model.eval()), data, task.evaluator_options())}
+    for form, path in files.items():
+        row[form] = score(ExportedModel(path), data, task.evaluator_options())
+        row[f"{form}_file"], row[f"{form}_mb"] = str(path), path.stat().st_size / 1e6
+    return row
+
+
+def _fit_seconds(checkpoint: Path, measured: float) -> float:
+    """A fit's wall time: what its run logged (``time/fit_s``, so also that of a run reused), else ``measured``."""
+    log = checkpoint.parent.parent / "metrics.csv"
+    if log.exists():
+        times = [float(row["time/fit_s"]) for row in csv.DictReader(log.open()) if row.get("time/fit_s")]
+        if times:
+            return max(times)
+    return measured
+
+
+FORMS = {"int8": "post-training INT8 (ONNX)", "qat_onnx": "QAT INT8 (ONNX)", "qat_pte": "QAT INT8 (ExecuTorch)"}
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| backbone | fit | mAP fp32 | mAP INT8 | change | mAP@0.5 fp32 | mAP@0.5 INT8 | INT8 MB |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| backbone | form | fit | mAP | change | mAP@0.5 | size (MB) |", "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        f, q = r["fp32"], r["int8"]
-        lines.append(f"| {r['backbone']} | {r['fit_s'] / 60:.1f} min | {f['map']:.4f} | {q['map']:.4f} | "
-                     f"{q['map'] - f['map']:+.4f} | {f['map_50']:.4f} | {q['map_50']:.4f} | {r['int8_mb']:.2f} |")
+        f = r["fp32"]
+        lines.append(f"| {r['backbone']} | float checkpoint | {r['fit_s'] / 60:.1f} min | {f['map']:.4f} | | "
+                     f"{f['map_50']:.4f} | |")
+        for form, label in FORMS.items():
+            if form in r:
+                q, fit = r[form], f"+{r['qat_fit_s'] / 60:.1f} min" if form == "qat_onnx" else ""
+                lines.append(f"| {r['backbone']} | {label} | {fit} | {q['map']:.4f} | {q['map'] - f['map']:+.4f} | "
+                             f"{q['map_50']:.4f} | {r[f'{form}_mb']:.2f} |")
     return "\n".join(lines)
 
 
-def quantization(config: Path, backbones: list[str], out: Path, epochs: int | None = None) -> list[dict[str, Any]]:
+def quantization(config: Path, backbones: list[str], out: Path, epochs: int | None = None,
+                 reuse: bool = False) -> list[dict[str, Any]]:
     base = yaml.safe_load(config.read_text())
     if base.get("model", {}).get("backbone") is None:
         raise ValueError(f"{config} has no model.backbone to replace")
@@ -118,12 +179,14 @@ def quantization(config: Path, backbones: list[str], out: Path, epochs: int | No
     for i, backbone in enumerate(backbones, 1):
         print(f"[{i}/{len(backbones)}] {backbone}: fit, INT8 export, test (log: {out / backbone / 'commands.log'})",
               flush=True)
-        rows.append(measure(backbone, base, out, epochs))
+        rows.append(measure(backbone, base, out, epochs, config.name.split("_")[0], reuse))
         print(table(rows[-1:]).splitlines()[-1], flush=True)
     text = (f"# INT8 cost per backbone\n\nMachine: {machine_line(machine)}\n\nThe recipe of {config} "
-            f"(epochs: {epochs or base['trainer'].get('max_epochs')}) with each backbone; INT8: the export's "
-            f"defaults (ONNX Runtime static QDQ, per-channel weights, percentile ranges); both scored by the "
-            f"task's evaluator, as `test` scores them.\n\n"
+            f"(epochs: {epochs or base['trainer'].get('max_epochs')}) with each backbone. Post-training INT8: the "
+            f"export's defaults (ONNX Runtime static QDQ, per-channel weights, percentile ranges, first and last "
+            f"convolutions in float). QAT: `fit --model.init_from` the float checkpoint `--model.quantization qat` for "
+            f"a quarter of the epochs at a tenth of the learning rate (fit: its own time), exported with the scales "
+            f"it learned. Every form scored by the task's evaluator, as `test` scores it.\n\n"
             + table(rows) + "\n")
     (out / "quantization.md").write_text(text)
     (out / "quantization.json").write_text(json.dumps({"machine": machine, "config": str(config), "rows": rows},
