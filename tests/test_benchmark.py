@@ -200,3 +200,21 @@ def test_markdown_option_writes_the_tables_with_machine_and_command(tmp_path, ca
     assert "Machine: " in text and "1 thread(s) used" in text and "| pose_tiny | PyTorch eager |" in text
     assert (tmp_path / "bench" / "benchmark.md").read_text().split("Machine: ")[1] in text.replace(
         f"The plot: `{tmp_path / 'bench' / 'pareto.png'}`.", "![pareto](pareto.png)")
+
+
+def test_quantization_writes_configs_the_cli_and_the_scoring_read(tmp_path):
+    """Each backbone's config of ``benchmark quantization`` is one that ``fit`` and the scoring read (a config's
+    file name says its task), and its QAT fine-tune takes a quarter of the epochs at a tenth of the rate."""
+    from tasks.benchmark.quantization import backbone_config, qat_arguments, write_config
+    from tasks.from_config import data_from_config
+
+    base = yaml.safe_load((DEMO_CONFIGS / "ssdlite_mbv3_shapes.yaml").read_text())
+    config = backbone_config(base, "mobilenet_v1", tmp_path / "mobilenet_v1", epochs=8)
+    path = write_config(config, tmp_path / "mobilenet_v1", "ssdlite", "mobilenet_v1")
+    assert type(data_from_config(path)).__name__ == "DetectionData"
+    assert yaml.safe_load(path.read_text())["model"]["backbone"]["name"] == "mobilenet_v1"
+    arguments = qat_arguments(config, tmp_path / "qat")
+    assert arguments[arguments.index("--trainer.max_epochs") + 1] == "2"
+    lr = base["model"]["optimizer"]["init_args"]["lr"]
+    assert float(arguments[arguments.index("--model.optimizer.init_args.lr") + 1]) == pytest.approx(lr / 10)
+    assert arguments[arguments.index("--model.quantization") + 1] == "qat"

@@ -92,15 +92,21 @@ def qat_arguments(config: dict[str, Any], root: Path) -> list[str]:
     return arguments
 
 
+def write_config(config: dict[str, Any], root: Path, head: str, backbone: str) -> Path:
+    """``config`` written into ``root`` as ``<head>_<backbone>.yaml``: the name says the task (tasks.from_config)."""
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / f"{head}_{backbone}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
 def measure(backbone: str, base: dict[str, Any], out: Path, epochs: int | None, head: str = "ssdlite",
             reuse: bool = False) -> dict[str, Any]:
     """Train, export to INT8, fine-tune with QAT, export that, and score them all for one backbone: the row. With
     ``reuse``, a step whose result an earlier run left under ``out`` is not run again."""
     root = out / backbone
-    root.mkdir(parents=True, exist_ok=True)
     config = backbone_config(base, backbone, root, epochs)
-    config_path = root / f"{head}_{backbone}.yaml"  # the name says the task (tasks.from_config)
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    config_path = write_config(config, root, head, backbone)
     log = root / "commands.log"
 
     def step(args: list[str], done: Callable[[], Path | None]) -> tuple[Path, float]:
