@@ -65,12 +65,19 @@ def describe(value: Any) -> Any:
     return value
 
 
+def checkpoint_hyperparameters(path: str) -> dict[str, Any]:
+    """The hyperparameters a Kestrel checkpoint was trained with; empty for a bare state dict or another file."""
+    try:
+        return dict(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {}))
+    except Exception:  # noqa: BLE001 - anything else has none to give
+        return {}
+
+
 def checkpoint_backbone(path: str) -> str | None:
     """The backbone name a Kestrel checkpoint was trained with, or None (a bare state dict, another file)."""
     try:
-        hparams = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
-        return hparams["backbone"]["init_args"]["name"]
-    except Exception:  # noqa: BLE001 - anything else has no name to give
+        return checkpoint_hyperparameters(path)["backbone"]["init_args"]["name"]
+    except (KeyError, TypeError):
         return None
 
 
@@ -458,5 +465,4 @@ def float_reference(metadata: dict[str, Any]) -> str | None:
         return checkpoint
     if not Path(checkpoint).is_file():
         return checkpoint
-    hyper = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
-    return hyper.get("init_from")
+    return checkpoint_hyperparameters(checkpoint).get("init_from")
