@@ -202,13 +202,14 @@ def test_markdown_option_writes_the_tables_with_machine_and_command(tmp_path, ca
         f"The plot: `{tmp_path / 'bench' / 'pareto.png'}`.", "![pareto](pareto.png)")
 
 
-def test_quantization_writes_configs_the_cli_and_the_scoring_read(tmp_path):
+def test_quantization_writes_configs_the_cli_and_the_scoring_read(tmp_path, shapes):
     """Each backbone's config of ``benchmark quantization`` is one that ``fit`` and the scoring read (a config's
     file name says its task), and its QAT fine-tune takes a quarter of the epochs at a tenth of the rate."""
     from tasks.benchmark.quantization import backbone_config, qat_arguments, write_config
     from tasks.from_config import data_from_config
 
     base = yaml.safe_load((DEMO_CONFIGS / "ssdlite_mbv3_shapes.yaml").read_text())
+    base["data"]["root"] = str(shapes / "coco")
     config = backbone_config(base, "mobilenet_v1", tmp_path / "mobilenet_v1", epochs=8)
     path = write_config(config, tmp_path / "mobilenet_v1", "ssdlite", "mobilenet_v1")
     assert type(data_from_config(path)).__name__ == "DetectionData"
