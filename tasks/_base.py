@@ -23,6 +23,7 @@ from backbones import Backbone, ensure_pyramid, inference_copy
 from backbones._weights import load_weights, read_state_dict
 
 from . import qat
+from .deploy.quantize import describe_int8
 from .deploy.runtime import ExportedModel, file_size_mb, load_exported, run_images
 from .evaluation import Evaluator
 from .optim import SchedulerCallable, TrainingLength, param_groups
@@ -433,6 +434,8 @@ class KestrelTask(pl.LightningModule):
             weights = {"runtime": self.exported.runtime, "model file": checkpoint,
                        "model file size (MB)": f"{file_size_mb(self.exported.path):.2f}",
                        "exported from": self.exported.metadata.get("checkpoint", "-")}
+            if "int8" in self.exported.metadata:
+                weights["INT8"] = describe_int8(self.exported.metadata["int8"])
         else:
             weights = {"runtime": f"PyTorch {torch.__version__} (eager)",
                        "checkpoint": checkpoint or "none (weights as initialized)"}

@@ -57,6 +57,7 @@ class KestrelTrainer(pl.Trainer):
         int8_calibration: Calibration = "percentile",
         int8_float: list[KeepFloat] = list(DEFAULT_KEEP_FLOAT),  # noqa: B006 - jsonargparse reads the default
         input_size: tuple[int, int] | None = None,
+        int8_max_drop: float | None = None,
     ) -> Path:
         """Export the network with its pre- and post-processing, check it against PyTorch, print its path.
 
@@ -74,11 +75,14 @@ class KestrelTrainer(pl.Trainer):
             int8_calibration: How INT8 sets activation ranges: ``percentile`` or ``minmax``.
             int8_float: Convolutions INT8 keeps in float: ``first_conv``, ``last_convs`` (ONNX and OpenVINO).
             input_size: A mobile file's fixed input, height and width (default: the model's input size).
+            int8_max_drop: Post-training INT8 (onnx, openvino) with the fewest layers in float, chosen by measured
+                sensitivity, that keep the validation metric within this much of the float model's (e.g. 0.005;
+                replaces ``int8_float``). The file's metadata names them.
         """
         from .deploy.export import export_task
 
         return export_task(self, model, datamodule, ckpt_path, format, int8, output, calibration_images,
-                           int8_calibration, int8_float, input_size)
+                           int8_calibration, int8_float, input_size, int8_max_drop)
 
 
 def pair_input_size(args: Any) -> Any:

@@ -25,7 +25,9 @@ ALLOWED = {
     "tasks.deploy.runtime": ("tasks.deploy.mobile",),
     "tasks.deploy.agreement": (),
     "tasks.deploy.quantize": (),
-    "tasks.deploy.export": ("backbones", "tasks.deploy", "tasks.provenance", "tasks.qat"),
+    "tasks.deploy.fallback": ("tasks.deploy.quantize",),
+    # the float fallback scores its candidates with the task's evaluator
+    "tasks.deploy.export": ("backbones", "tasks.deploy", "tasks.evaluation", "tasks.provenance", "tasks.qat"),
     "tasks.provenance": ("backbones",),  # the version
     "tasks.optim": (),
     "tasks.qat": (),

@@ -255,6 +255,37 @@ def test_int8_is_smaller_and_close(data, trained, checkpoint_metrics, onnx_file,
                                  *conv_nodes(onnx.load(str(fp32)), "last_convs")}
 
 
+def test_int8_max_drop_keeps_the_fewest_layers_in_float_that_hold_the_bound(data, trained, capsys, tmp_path):
+    """A loose bound keeps every layer INT8; a bound of 0 holds, the layers kept in float are those the metadata and
+    the report name, and the file scores what the search measured (the search itself: test_int8_fallback)."""
+    loose = export(data, trained, capsys, "--int8", "true", "--int8_max_drop", "1", "--output",
+                   str(tmp_path / "loose.onnx"))
+    record = read_metadata(loose)["int8"]
+    assert record["kept_in_float"] == [] and float_convs(loose) == set()
+    assert list(record["fallback"]["searched"]) == ["0"]
+    tight = export(data, trained, capsys, "--int8", "true", "--int8_max_drop", "0", "--output",
+                   str(tmp_path / "tight.onnx"))
+    record = read_metadata(tight)["int8"]
+    found = record["fallback"]
+    assert float_convs(tight) == set(record["kept_in_float"]) and list(found["sensitivity"]) == record["kept_in_float"]
+    assert found["int8"] >= found["float"] and found["metric"] == "map"
+    cli_main(["test", *small(data / "coco", tmp_path / "run", "--ckpt_path", str(tight))])  # test split: val's
+    assert read_metrics(tmp_path / "run")["map"] == pytest.approx(found["int8"], abs=1e-12)
+    report = (latest_version(tmp_path / "run") / "report" / "report.md").read_text()
+    assert "| INT8 | " in report and "--int8_max_drop 0" in report
+
+
+@pytest.mark.parametrize("extra, says", [(["--int8_max_drop", "0.01"], "add --int8 true"),
+                                         (["--int8", "true", "--int8_max_drop", "-1"], "at least 0"),
+                                         (["--int8", "true", "--int8_max_drop", "0.01", "--format", "tflite"],
+                                          "tflite files are not searched yet")])
+def test_int8_max_drop_refuses_what_it_cannot_do_in_one_line(data, trained, capsys, tmp_path, extra, says):
+    args = ["export", *small(data / "coco", trained, "--ckpt_path", "best", "--output", str(tmp_path / "x"), *extra)]
+    assert main(cli_main, args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0], err
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt,suffix,quantizer,size", [("executorch", ".pte", "XNNPACKQuantizer", [160, 160]),
                                                        ("tflite", ".tflite", "ai-edge-quantizer", [128, 128])])

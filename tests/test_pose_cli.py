@@ -93,6 +93,18 @@ def test_predict_on_a_folder_of_images(data, checkpoint, tmp_path):
 
 
 # ----------------------------------------------------------------------------- shipping
+def test_int8_max_drop_bounds_the_ap_that_test_then_gives(data, checkpoint, trained, tmp_path):
+    """The float fallback searches on OKS AP: the bound holds, and ``test`` of the file gives the AP its metadata
+    records."""
+    path = tmp_path / "model_int8.onnx"
+    cli_main(["export", *small(data, trained, "--ckpt_path", checkpoint, "--int8", "true", "--calibration_images", "4",
+                               "--int8_max_drop", "0", "--output", str(path))])
+    found = read_metadata(path)["int8"]["fallback"]
+    assert found["metric"] == "ap" and found["int8"] >= found["float"]
+    cli_main(["test", *small(data, tmp_path / "run", "--ckpt_path", str(path))])
+    assert read_metrics(tmp_path / "run")["ap"] == pytest.approx(found["int8"], abs=1e-12)
+
+
 def test_the_export_scores_what_the_checkpoint_scores(data, checkpoint, trained, capsys, tmp_path, monkeypatch):
     """ONNX (float and INT8) through test; the checkpoint alone and its export estimate the same keypoints."""
     cli_main(["test", *small(data, tmp_path / "ckpt", "--model.init_from", checkpoint)])

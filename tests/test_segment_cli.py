@@ -79,6 +79,20 @@ def test_coco_format_data(data, trained):
 
 
 # ----------------------------------------------------------------------------- shipping
+def test_int8_max_drop_bounds_the_miou_that_test_then_gives(data, trained, tmp_path):
+    """The float fallback searches on the task's own metric (mIoU): the bound holds, and ``test`` of the file gives
+    the mIoU its metadata records (the test split is the validation split)."""
+    best = latest_version(trained).parent / "version_0" / "checkpoints" / "best.ckpt"
+    path = tmp_path / "model_int8.onnx"
+    cli_main(["export", *small(data / "voc", trained, "--ckpt_path", str(best), "--int8", "true",
+                               "--calibration_images", "4", "--int8_max_drop", "0", "--output", str(path))])
+    found = read_metadata(path)["int8"]["fallback"]
+    assert found["metric"] == "miou" and found["int8"] >= found["float"]
+    cli_main(["test", *small(data / "voc", tmp_path / "run", "--ckpt_path", str(path))])
+    got = json.loads((latest_version(tmp_path / "run") / "report" / "metrics.json").read_text())
+    assert got["miou"] == pytest.approx(found["int8"], abs=1e-12)
+
+
 def test_the_export_labels_what_the_checkpoint_labels(data, trained, capsys, tmp_path):
     """ONNX and OpenVINO exports score the checkpoint's mIoU; the checkpoint alone and its export predict
     the same label maps; INT8 is smaller."""

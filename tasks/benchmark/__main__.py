@@ -100,12 +100,13 @@ def _runtimes(argv: list[str]) -> None:
 
 
 def _quantization(argv: list[str]) -> None:
-    from .quantization import DEFAULT_BACKBONES, quantization
+    from .quantization import DEFAULT_BACKBONES, DEFAULT_MAX_DROP, quantization
 
     parser = argparse.ArgumentParser(
         prog="python -m tasks.benchmark quantization",
         description="fp32 against INT8 accuracy per backbone: each trained with the same detection recipe, exported "
-        "to INT8 ONNX, fine-tuned with QAT and exported again (ONNX, ExecuTorch), every form scored by `test`")
+        "to INT8 ONNX (the defaults, and with the float fallback of --int8_max_drop), fine-tuned with QAT and "
+        "exported again (ONNX, ExecuTorch), every form scored by `test`")
     parser.add_argument("backbones", nargs="*", default=list(DEFAULT_BACKBONES),
                         help=f"registered backbone names (default: {' '.join(DEFAULT_BACKBONES)})")
     parser.add_argument("--config", default="configs/demo/ssdlite_mbv3_shapes.yaml",
@@ -115,10 +116,12 @@ def _quantization(argv: list[str]) -> None:
     parser.add_argument("--reuse", action="store_true",
                         help="keep what an earlier run left under --out (a checkpoint, an exported file) instead of "
                              "making it again: a run stopped halfway goes on where it stopped")
+    parser.add_argument("--int8_max_drop", type=float, default=DEFAULT_MAX_DROP,
+                        help=f"the float fallback row's bound (default: {DEFAULT_MAX_DROP})")
     _markdown_option(parser)
     args = parser.parse_args(argv)
     try:
-        quantization(Path(args.config), args.backbones, Path(args.out), args.epochs, args.reuse)
+        quantization(Path(args.config), args.backbones, Path(args.out), args.epochs, args.reuse, args.int8_max_drop)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         parser.error(str(err))
     if args.markdown:

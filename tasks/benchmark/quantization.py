@@ -55,6 +55,10 @@ _BACKBONE_SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
+#: the float fallback row's ``--int8_max_drop``: the issue's bound on QAT's cost
+DEFAULT_MAX_DROP = 0.003
+
+
 def backbone_config(base: dict[str, Any], backbone: str, root: Path, epochs: int | None) -> dict[str, Any]:
     """``base`` (a detection config) with ``backbone`` in place of its own and its runs under ``root``."""
     config = json.loads(json.dumps(base))  # a deep copy of plain data
@@ -101,9 +105,10 @@ def write_config(config: dict[str, Any], root: Path, head: str, backbone: str) -
 
 
 def measure(backbone: str, base: dict[str, Any], out: Path, epochs: int | None, head: str = "ssdlite",
-            reuse: bool = False) -> dict[str, Any]:
-    """Train, export to INT8, fine-tune with QAT, export that, and score them all for one backbone: the row. With
-    ``reuse``, a step whose result an earlier run left under ``out`` is not run again."""
+            reuse: bool = False, max_drop: float = DEFAULT_MAX_DROP) -> dict[str, Any]:
+    """Train, export to INT8 (the defaults, and with the float fallback of ``max_drop``), fine-tune with QAT, export
+    that, and score them all for one backbone: the row. With ``reuse``, a step whose result an earlier run left under
+    ``out`` is not run again."""
     root = out / backbone
     config = backbone_config(base, backbone, root, epochs)
     config_path = write_config(config, root, head, backbone)
@@ -127,9 +132,12 @@ def measure(backbone: str, base: dict[str, Any], out: Path, epochs: int | None, 
         return lambda: path if path.exists() else None
 
     ckpt, fit_s = step(["fit", "--config", str(config_path)], newest(root))
-    files = {"int8": ckpt.parent.parent / "export" / "model_int8.onnx"}
+    files = {"int8": ckpt.parent.parent / "export" / "model_int8.onnx",
+             "fallback": ckpt.parent.parent / "export" / f"model_int8_max_drop_{max_drop:g}.onnx"}
     step(["export", "--config", str(config_path), "--ckpt_path", str(ckpt), "--int8", "true", "--output",
           str(files["int8"])], existing(files["int8"]))
+    step(["export", "--config", str(config_path), "--ckpt_path", str(ckpt), "--int8", "true", "--int8_max_drop",
+          f"{max_drop:g}", "--output", str(files["fallback"])], existing(files["fallback"]))
     qat_ckpt, qat_s = step(["fit", "--config", str(config_path), "--model.init_from", str(ckpt),
                             *qat_arguments(config, root / "qat")], newest(root / "qat"))
     for form, name, format in (("qat_onnx", "model_int8.onnx", "onnx"), ("qat_pte", "model_int8.pte", "executorch")):
@@ -142,8 +150,12 @@ def measure(backbone: str, base: dict[str, Any], out: Path, epochs: int | None, 
            "checkpoint": str(ckpt), "qat_checkpoint": str(qat_ckpt),
            "fp32": score(inference_copy(task.model.eval()), data, task.evaluator_options())}
     for form, path in files.items():
-        row[form] = score(ExportedModel(path), data, task.evaluator_options())
+        exported = ExportedModel(path)
+        row[form] = score(exported, data, task.evaluator_options())
         row[f"{form}_file"], row[f"{form}_mb"] = str(path), path.stat().st_size / 1e6
+        if form == "fallback":
+            row["fallback_kept"] = len(exported.metadata["int8"]["kept_in_float"])
+            row["max_drop"] = max_drop
     return row
 
 
@@ -157,7 +169,14 @@ def _fit_seconds(checkpoint: Path, measured: float) -> float:
     return measured
 
 
-FORMS = {"int8": "post-training INT8 (ONNX)", "qat_onnx": "QAT INT8 (ONNX)", "qat_pte": "QAT INT8 (ExecuTorch)"}
+FORMS = {"int8": "post-training INT8 (ONNX)", "fallback": "post-training INT8, float fallback (ONNX)",
+         "qat_onnx": "QAT INT8 (ONNX)", "qat_pte": "QAT INT8 (ExecuTorch)"}
+
+
+def _label(row: dict[str, Any], form: str) -> str:
+    if form != "fallback":
+        return FORMS[form]
+    return f"{FORMS[form]}: `--int8_max_drop {row['max_drop']:g}` kept {row['fallback_kept']} layer(s) in float"
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -166,16 +185,16 @@ def table(rows: list[dict[str, Any]]) -> str:
         f = r["fp32"]
         lines.append(f"| {r['backbone']} | float checkpoint | {r['fit_s'] / 60:.1f} min | {f['map']:.4f} | | "
                      f"{f['map_50']:.4f} | |")
-        for form, label in FORMS.items():
+        for form in FORMS:
             if form in r:
                 q, fit = r[form], f"+{r['qat_fit_s'] / 60:.1f} min" if form == "qat_onnx" else ""
-                lines.append(f"| {r['backbone']} | {label} | {fit} | {q['map']:.4f} | {q['map'] - f['map']:+.4f} | "
-                             f"{q['map_50']:.4f} | {r[f'{form}_mb']:.2f} |")
+                lines.append(f"| {r['backbone']} | {_label(r, form)} | {fit} | {q['map']:.4f} | "
+                             f"{q['map'] - f['map']:+.4f} | {q['map_50']:.4f} | {r[f'{form}_mb']:.2f} |")
     return "\n".join(lines)
 
 
 def quantization(config: Path, backbones: list[str], out: Path, epochs: int | None = None,
-                 reuse: bool = False) -> list[dict[str, Any]]:
+                 reuse: bool = False, max_drop: float = DEFAULT_MAX_DROP) -> list[dict[str, Any]]:
     base = yaml.safe_load(config.read_text())
     if base.get("model", {}).get("backbone") is None:
         raise ValueError(f"{config} has no model.backbone to replace")
@@ -185,12 +204,15 @@ def quantization(config: Path, backbones: list[str], out: Path, epochs: int | No
     for i, backbone in enumerate(backbones, 1):
         print(f"[{i}/{len(backbones)}] {backbone}: fit, INT8 export, test (log: {out / backbone / 'commands.log'})",
               flush=True)
-        rows.append(measure(backbone, base, out, epochs, config.name.split("_")[0], reuse))
+        rows.append(measure(backbone, base, out, epochs, config.name.split("_")[0], reuse, max_drop))
         print(table(rows[-1:]).splitlines()[-1], flush=True)
     text = (f"# INT8 cost per backbone\n\nMachine: {machine_line(machine)}\n\nThe recipe of {config} "
             f"(epochs: {epochs or base['trainer'].get('max_epochs')}) with each backbone. Post-training INT8: the "
             f"export's defaults (ONNX Runtime static QDQ, per-channel weights, percentile ranges, first and last "
-            f"convolutions in float). QAT: `fit --model.init_from` the float checkpoint `--model.quantization qat` for "
+            f"convolutions in float). Float fallback: `export --int8 true --int8_max_drop {max_drop:g}`, the fewest "
+            f"layers in float, chosen by measured sensitivity, that keep the validation mAP within {max_drop:g} of "
+            f"the float file's in ONNX Runtime (every convolution a candidate, none kept by default). QAT: "
+            f"`fit --model.init_from` the float checkpoint `--model.quantization qat` for "
             f"a quarter of the epochs at a tenth of the learning rate (fit: its own time), exported with the scales "
             f"it learned. Every form scored by the task's evaluator, as `test` scores it.\n\n"
             + table(rows) + "\n")

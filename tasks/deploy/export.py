@@ -15,7 +15,7 @@ import json
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +33,7 @@ from ..provenance import backbone_name, file_sha256, kestrel_version
 from ..qat import KEPT_IN_FLOAT, is_converted, is_prepared
 from ..qat import convert as convert_qat
 from .agreement import agreement, budget, faithful, summarize
+from .fallback import quantize_within
 from .mobile import (
     COREML_SUFFIX,
     PTE_SUFFIX,
@@ -51,6 +52,7 @@ from .runtime import (
     ExportedModel,
     _openvino,
     file_size_mb,
+    load_exported,
     openvino_core,
     run_images,
 )
@@ -139,10 +141,12 @@ def export_task(trainer: pl.Trainer, task: KestrelTask, datamodule: pl.Lightning
                 ckpt_path: str | None, format: str, int8: bool, output: str | None, calibration_images: int = 64,
                 int8_calibration: Calibration = "percentile",
                 int8_float: Sequence[KeepFloat] = DEFAULT_KEEP_FLOAT,
-                input_size: Sequence[int] | None = None) -> Path:
+                input_size: Sequence[int] | None = None, int8_max_drop: float | None = None) -> Path:
     """What ``python -m tasks.<task> export`` does (see :meth:`tasks.cli.KestrelTrainer.export`)."""
     if format not in FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if int8_max_drop is not None:
+        _check_max_drop(int8_max_drop, int8, format)
     if input_size is not None and (len(input_size) != 2 or min(input_size) < 1):
         raise ValueError(f"--input_size takes a height and a width in pixels, e.g. --input_size [320, 320]; "
                          f"got {list(input_size)}")
@@ -170,6 +174,10 @@ def export_task(trainer: pl.Trainer, task: KestrelTask, datamodule: pl.Lightning
         if not int8:
             raise ValueError(f"{source} was trained with fake quantization (model.quantization qat): it exports to "
                              "INT8 with the scales it learned; add --int8 true")
+        if int8_max_drop is not None:
+            raise ValueError(f"--int8_max_drop chooses layers to keep in float in post-training INT8 of a float "
+                             f"checkpoint; {source} was trained with fake quantization and exports with the scales "
+                             "it learned (its first and last convolutions in float): leave --int8_max_drop out")
         network = convert_qat(network, fold_weights=format != "tflite")  # (litert-torch reads unfolded ones)
     suffix = FORMATS[format]
     path = Path(output) if output else _export_folder(trainer, ckpt_path) / f"model{'_int8' if int8 else ''}{suffix}"
@@ -189,8 +197,9 @@ def export_task(trainer: pl.Trainer, task: KestrelTask, datamodule: pl.Lightning
     if format in MOBILE_FORMATS:
         _export_mobile(task, network, datamodule, path, metadata, input_size, int8, calibration_images)
     else:
+        scorer = None if int8_max_drop is None else _validation_score(task, datamodule)
         _export_onnx_or_openvino(network, datamodule, path, format, metadata, int8, calibration_images,
-                                 int8_calibration, int8_float)
+                                 int8_calibration, int8_float, int8_max_drop, scorer)
     print(f"Wrote {path} ({file_size_mb(path):.2f} MB) in {time.perf_counter() - started:.0f} s")
     if format == "coreml":
         print(check_coreml(path))
@@ -243,7 +252,9 @@ def _export_mobile(task: KestrelTask, network: nn.Module, datamodule: pl.Lightni
 
 def _export_onnx_or_openvino(network: nn.Module, datamodule: pl.LightningDataModule | None, path: Path, format: str,
                              metadata: dict[str, Any], int8: bool, calibration_images: int,
-                             int8_calibration: Calibration, int8_float: Sequence[KeepFloat]) -> None:
+                             int8_calibration: Calibration, int8_float: Sequence[KeepFloat],
+                             int8_max_drop: float | None = None,
+                             score: tuple[str, Callable[[Path, dict[str, Any]], float]] | None = None) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         own_int8 = is_converted(network)  # a QAT network: INT8 as it is exported
         onnx_path = path if format == "onnx" and (not int8 or own_int8) else Path(scratch) / "model.onnx"
@@ -263,12 +274,46 @@ def _export_onnx_or_openvino(network: nn.Module, datamodule: pl.LightningDataMod
             int8_onnx = path if format == "onnx" else Path(scratch) / "model_int8.onnx"
             print(f"Quantizing to INT8 (ONNX Runtime QDQ), calibrating on {len(images)} training images")
             progress = tqdm(images, desc="calibration", unit="img", leave=False)
-            quantize_int8(onnx_path, int8_onnx, (image.numpy() for image in progress), int8_float, int8_calibration)
+            if int8_max_drop is None:
+                quantize_int8(onnx_path, int8_onnx, (image.numpy() for image in progress), int8_float,
+                              int8_calibration)
+            else:
+                float_metadata = {**metadata, "format": "onnx", "precision": "fp32"}
+                metric, scorer = score
+                metadata["int8"].update(quantize_within(
+                    onnx_path, int8_onnx, [image.numpy() for image in progress],
+                    lambda candidate: scorer(candidate, float_metadata), int8_max_drop, int8_calibration, metric))
             onnx_path = int8_onnx
         if format == "onnx":
             write_onnx_metadata(path, metadata)
         else:
             onnx_to_openvino(onnx_path, path, metadata)
+
+
+def _check_max_drop(max_drop: float, int8: bool, format: str) -> None:
+    if not int8:
+        raise ValueError("--int8_max_drop bounds the metric's drop of post-training INT8: add --int8 true")
+    if not max_drop >= 0:
+        raise ValueError(f"--int8_max_drop is how much the validation metric may drop, at least 0; got {max_drop}")
+    if format not in ("onnx", "openvino"):
+        raise ValueError(f"--int8_max_drop keeps layers in float in ONNX Runtime's INT8 (--format onnx or openvino); "
+                         f"{format} files are not searched yet: export {format} INT8 without it, or train with "
+                         "--model.quantization qat")
+
+
+def _validation_score(task: KestrelTask, datamodule: pl.LightningDataModule
+                      ) -> tuple[str, Callable[[Path, dict[str, Any]], float]]:
+    """The task's main metric's name, and a function that gives its value on the validation split for an ONNX file
+    (whose metadata it writes first), run in ONNX Runtime."""
+    from ..evaluation.evaluate import evaluate
+
+    def score(path: Path, metadata: dict[str, Any]) -> float:
+        write_onnx_metadata(path, metadata)
+        metrics, evaluator = evaluate(load_exported(path, task.task), datamodule, "validate", progress=True,
+                                      **task.evaluator_options())
+        return float(metrics[evaluator.main_metric])
+
+    return task.main_metric, score
 
 
 def _qat_int8() -> dict[str, Any]:

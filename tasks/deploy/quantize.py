@@ -64,17 +64,21 @@ def conv_nodes(model: onnx.ModelProto, which: KeepFloat) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type in _CONV_OPS and not reaches_conv(n, forward)]
 
 
-def quantize_int8(fp32_path: str | Path, int8_path: str | Path, images: Iterable[np.ndarray],
-                  keep_float: Sequence[KeepFloat] = DEFAULT_KEEP_FLOAT, calibration: Calibration = "percentile"
-                  ) -> list[str]:
+def quantize_int8(fp32_path: str | Path, int8_path: str | Path, images: Iterable[np.ndarray] | None,
+                  keep_float: Sequence[KeepFloat] = DEFAULT_KEEP_FLOAT, calibration: Calibration = "percentile",
+                  float_nodes: Sequence[str] = (), calibration_cache: str | Path | None = None) -> list[str]:
     """Write ``int8_path``, the static INT8 (QDQ) version of the ONNX model ``fp32_path``.
 
     Args:
         fp32_path: The exported float model.
         int8_path: Where to write.
-        images: Calibration images, uint8 ``(3, H, W)`` or ``(1, 3, H, W)`` arrays.
+        images: Calibration images, uint8 ``(3, H, W)`` or ``(1, 3, H, W)`` arrays (None: the ranges are read from
+            ``calibration_cache``).
         keep_float: Convolutions left in float: ``first_conv``, ``last_convs``.
         calibration: How activation ranges are set: ``percentile`` (99.999th) or ``minmax``.
+        float_nodes: Other nodes left in float, by name.
+        calibration_cache: A file of activation ranges (ONNX Runtime's calibration cache): read if it exists,
+            else written, so that models quantized from one float model with other nodes in float share them.
 
     Returns:
         The names of the nodes left in float.
@@ -101,19 +105,40 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, images: Iterable
             return None if image is None else {"images": image[None] if image.ndim == 3 else image}
 
     model = onnx.load(str(fp32_path))
-    excluded = sorted({name for which in keep_float for name in conv_nodes(model, which)})
-    quantize_static(
-        str(fp32_path), str(int8_path), Reader(),
-        quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=QUANTIZED_OPS,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        nodes_to_exclude=excluded,
-        calibrate_method=methods[calibration],
-    )
+    excluded = sorted({name for which in keep_float for name in conv_nodes(model, which)} | set(float_nodes))
+    with _without_preprocessing_advice():
+        quantize_static(
+            str(fp32_path), str(int8_path), None if images is None else Reader(),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=QUANTIZED_OPS,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=excluded,
+            calibrate_method=methods[calibration],
+            calibration_cache_path=calibration_cache,
+        )
     log.info("INT8: %d convolution(s) kept in float: %s", len(excluded), excluded)
     return excluded
+
+
+class _PreprocessingAdvice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_preprocessing_advice() -> Iterator[None]:
+    """Without the warnings ``quantize_static`` logs twice per call unless the model went through its
+    ``quant_pre_process``: its shape inference and graph optimizations are what ``torch.onnx`` already did
+    (shapes, batch norms folded, constants folded), and its renaming of nodes would lose the names that
+    ``keep_float`` and the float fallback keep in float."""
+    advice = _PreprocessingAdvice()
+    logging.getLogger().addFilter(advice)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(advice)
 
 
 #: ONNX's integer types of the quantized tensors pt2e writes
@@ -185,3 +210,20 @@ def qdq_symbolics(opset: int) -> Iterator[None]:
     finally:
         for name in functions:
             torch.onnx.unregister_custom_op_symbolic(f"quantized_decomposed::{name}", opset)
+
+
+def describe_int8(int8: dict) -> str:
+    """One line of a report on what an INT8 file's ``int8`` metadata says stays float, and why."""
+    kept = list(int8.get("kept_in_float", []))
+    fallback = int8.get("fallback")
+    if fallback is None:
+        how = "scales learned in quantization-aware training" if int8.get("quantization") == "qat" else "calibrated"
+        return f"{how}; kept in float: {', '.join(kept) or 'nothing'}"
+    searched = (f"every layer INT8 {fallback['every_layer_int8']:.4f}, float {fallback['float']:.4f}, "
+                "on the validation split in ONNX Runtime")
+    if not kept:
+        return f"every layer INT8: within --int8_max_drop {fallback['max_drop']} ({searched})"
+    return (f"{len(kept)} of {fallback['quantized_layers']} layers kept in float, the most sensitive, the fewest that "
+            f"keep the drop within --int8_max_drop {fallback['max_drop']}: {fallback['metric']} {fallback['int8']:.4f} "
+            f"({searched}): "
+            f"{', '.join(kept)}")
