@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -84,6 +85,22 @@ def weight_problems(
     return problems
 
 
+def non_finite(state_dict: Mapping[str, Any]) -> list[str]:
+    """The names of a state dict's floating-point tensors that hold a NaN or an infinity."""
+    return [name for name, value in state_dict.items()
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()]
+
+
+def refuse_non_finite(state_dict: Mapping[str, Any], what: str) -> None:
+    """Raise ``ValueError`` naming ``what`` if a tensor of ``state_dict`` holds a NaN or an infinity: such weights
+    predict nothing, and scoring or shipping them would pass for a result."""
+    bad = non_finite(state_dict)
+    if bad:
+        raise ValueError(f"{what} are not finite ({len(bad)} of {len(state_dict)} tensors hold NaN or infinity: "
+                         f"{bad[0]}, ...): the run that wrote them diverged; take an earlier checkpoint, or train "
+                         "again with a lower learning rate")
+
+
 def load_weights(
     module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, drop: Iterable[str] = ()
 ) -> None:
@@ -97,6 +114,7 @@ def load_weights(
     problems = weight_problems(own, state_dict, drop)
     if problems:
         raise ValueError(f"weights {source} do not fit {type(module).__name__}: " + "; ".join(problems))
+    refuse_non_finite(state_dict, f"weights {source}")
     drop = tuple(drop)
     module.load_state_dict({k: v for k, v in state_dict.items() if k in own and not k.startswith(drop)}, strict=False)
 

@@ -182,8 +182,19 @@ class KestrelTask(pl.LightningModule):
         checkpoint["hyper_parameters"] = hparams
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """A checkpoint of a QAT run puts fake quantization into the network before its weights load, whatever the
-        config says: its state holds the fake quantizers' scales too."""
+        """A checkpoint trained for other labels than this task's (the data's: other names, or another order) is
+        refused: its scores would be of the wrong classes. A checkpoint of a QAT run puts fake quantization into the
+        network before its weights load, whatever the config says: its state holds the fake quantizers' scales too."""
+        hparams = checkpoint.get("hyper_parameters", {})
+        for key in ("class_names", "keypoint_names"):
+            theirs, mine = hparams.get(key), getattr(self, key, None)
+            if theirs is not None and mine is not None and list(theirs) != list(mine):
+                differ = next(i for i, pair in enumerate(zip(list(theirs) + [None] * len(mine),
+                                                             list(mine) + [None] * len(theirs))) if pair[0] != pair[1])
+                raise ValueError(
+                    f"the checkpoint was trained for {key.replace('_', ' ')} {list(theirs)}, the data has "
+                    f"{list(mine)} (they differ from label {differ + 1}): its predictions would be scored as other "
+                    "labels. Evaluate it on data of its labels, or fine-tune it on these with --model.init_from")
         if checkpoint.get("hyper_parameters", {}).get("quantization") == "qat":
             self.quantization = "qat"
             self.prepare_quantization()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import os
 import re
 import sys
@@ -11,18 +13,99 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback, LearningRateMonitor, Timer
-from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
+from pytorch_lightning.plugins import CheckpointIO
 
-from .callbacks import FitTimer, checkpoints
+from backbones._weights import refuse_non_finite
+
+from .callbacks import AtomicCheckpointIO, DivergenceGuard, FitTimer, RunStopped, checkpoints
 from .deploy.quantize import DEFAULT_KEEP_FLOAT, Calibration, KeepFloat
 from .deploy.runtime import is_exported
 from .reporting import PredictionWriter, ReportWriter
 
 
+class KestrelArgumentParser(LightningArgumentParser):
+    """Lightning's parser, whose command-line errors are one line with a suggestion (``did you mean
+    --trainer.max_epochs?``) rather than 90 lines of usage ending in a nested report."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error or os.environ.get(VERBOSE_ENV, "") not in ("", "0"):
+            return super().error(message, ex)
+        print(f"error: {parse_error(message, self)} (--help lists the options)", file=sys.stderr)
+        self.exit(2)
+
+
+def parse_error(message: str, parser: Any) -> str:
+    """jsonargparse's report of a bad command line or config as one sentence: the innermost problem, with the
+    closest known option where a name was mistyped."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    unknown = re.search(r"unrecognized arguments: (--[\w.]+)", message, re.IGNORECASE)
+    if unknown:
+        options = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
+        return f"unknown option {unknown[1]}" + _did_you_mean(unknown[1], options)
+    option = re.search(r"Option '(\w+)' is not accepted", message)
+    key = re.search(r'Parser key "([\w.]+)"', message)
+    if option and key:
+        class_path = re.search(r"class_path '([\w.]+)'", message)
+        known: list[str] = []
+        if class_path:
+            import importlib
+            import inspect
+
+            module, _, name = class_path[1].rpartition(".")
+            with contextlib.suppress(Exception):
+                known = list(inspect.signature(getattr(importlib.import_module(module), name)).parameters)
+        return (f"{key[1]} has no option {option[1]!r}"
+                + _did_you_mean(option[1], known, prefix=f"--{key[1]}."))
+    specific = [line for line in lines if not line.startswith(("Given value", "Subtypes", "Errors", "- Problem"))]
+    return " ".join((specific or lines)[-2:])
+
+
+def _check_config_files(args: Sequence[str]) -> None:
+    """Each ``--config`` / ``-c`` file of a command line read as YAML first: a syntax error is one line naming the
+    file and the place (jsonargparse's names a ``<unicode string>``)."""
+    import yaml
+
+    for flag, path in zip(args, args[1:]):
+        if flag not in ("--config", "-c") or not Path(path).is_file():
+            continue
+        try:
+            yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except UnicodeDecodeError as err:
+            raise ValueError(f"config {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ValueError(f"config {path} is not valid YAML{where}: "
+                             f"{getattr(err, 'problem', None) or str(err).splitlines()[0]}") from None
+
+
+def _did_you_mean(name: str, known: Sequence[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f"; did you mean {prefix}{close[0]}?" if close else ""
+
+
 class KestrelTrainer(pl.Trainer):
-    """Lightning's Trainer with one more entry point, :meth:`export` (``python -m tasks.<task> export``), and
-    :meth:`predict` drawing the predictions on the images."""
+    """Lightning's Trainer with one more entry point, :meth:`export` (``python -m tasks.<task> export``),
+    :meth:`predict` drawing the predictions on the images, and :meth:`fit` ending in an error when SIGTERM stops it."""
+
+    def fit(self, model, train_dataloaders=None, val_dataloaders=None, datamodule=None, ckpt_path=None,
+            weights_only=None):
+        """Lightning's ``fit``; stopped by SIGTERM (a scheduler's or ``timeout``'s stop), which Lightning ends as if
+        the run were done (exit status 0), it raises :class:`tasks.callbacks.RunStopped` (exit status 143) saying
+        where ``last.ckpt`` is and how to resume."""
+        from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+        try:
+            return super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
+        except SIGTERMException:
+            folders = {Path(c.dirpath) for c in self.checkpoint_callbacks if c.dirpath and c.save_on_exception}
+            saved = [str(folder / "last.ckpt") for folder in sorted(folders) if (folder / "last.ckpt").is_file()]
+            where = f"{saved[0]} holds its weights" if saved else "no checkpoint was written"
+            raise RunStopped(f"fit stopped by SIGTERM at step {self.global_step} of "
+                             f"{int(self.estimated_stepping_batches)}: {where}; resume with the same command and "
+                             "--ckpt_path last", exit_code=143) from None
 
     def predict(self, model=None, dataloaders=None, datamodule=None, return_predictions=None, ckpt_path=None,
                 weights_only=None, draw: bool = True):
@@ -124,10 +207,12 @@ class KestrelCLI(LightningCLI):
         self.links = links
         self.writer = writer
         self.exported_path: str | None = None  # an exported file given as --ckpt_path, run instead of the model
+        self._resumed: tuple[str, dict[str, Any]] | None = None  # fit --ckpt_path: the model options asked for
         super().__init__(
             model_class,
             datamodule_class,
             trainer_class=KestrelTrainer,
+            parser_class=KestrelArgumentParser,
             args=args,
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
@@ -154,6 +239,8 @@ class KestrelCLI(LightningCLI):
         ``--input_size [H,W]`` (jsonargparse takes one value per option)."""
         if args is None:
             sys.argv[1:] = pair_input_size(sys.argv[1:])
+        given = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
+        _check_config_files(given)
         super().parse_arguments(parser, pair_input_size(args))
         subcommand = self.config.get("subcommand")
         if subcommand not in ("fit", "validate", "test", "predict", "export"):
@@ -179,6 +266,13 @@ class KestrelCLI(LightningCLI):
             # better one (ModelCheckpoint restores its best score where the folder is the same)
             config.checkpoint.dirpath = str(folder)
         self._check_checkpoint(subcommand, path)
+        if subcommand == "fit":  # what the command line asks of the model, to hold against the checkpoint's
+            asked = {key: _get(config.model, key) for key in _model_options(given)}
+            # a data option linked to a model option (data.image_size -> model.image_size) asks it of the model too
+            for source, target in self.links.items():
+                if any(arg == f"--{source}" or arg.startswith(f"--{source}=") for arg in given):
+                    asked[target.removeprefix("model.")] = _get(config, source)
+            self._resumed = (path, asked)
 
     def _check_checkpoint(self, subcommand: str, path: str) -> None:
         """A truncated or foreign file, or another task's checkpoint, as one sentence naming the file: the
@@ -192,6 +286,7 @@ class KestrelCLI(LightningCLI):
             reason = str(err).split(". ")[0]
             raise ValueError(f"checkpoint {path!r} cannot be read: truncated, or not a PyTorch checkpoint "
                              f"({type(err).__name__}: {reason})") from None
+        refuse_non_finite(checkpoint.get("state_dict", {}), f"the weights of checkpoint {path!r}")
         hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k != "_instantiator"}
         if not hparams:
             return
@@ -207,9 +302,36 @@ class KestrelCLI(LightningCLI):
         finally:
             self.parser.exit_on_error = exit_on_error
 
+    def _check_resumed_model(self) -> None:
+        """``fit --ckpt_path`` continues the checkpoint's model: Lightning has put the checkpoint's model options into
+        the config. One that the command line gave otherwise is an error if it makes another model (backbone, head,
+        classes, input size, quantization) or belongs to the optimizer or its schedule (whose states the checkpoint
+        restores, so a new value would not be used); any other (a loss weight, an evaluation setting) takes the
+        command line's value, and says so. Trainer options (``max_epochs``, ``max_steps``) are Lightning's to
+        change."""
+        path, asked = self._resumed
+        model = self.config["fit"].model
+        for key, value in asked.items():
+            theirs = _get(model, key)
+            if _plain(theirs) == _plain(value):
+                continue
+            kept = {**dict.fromkeys(RESUMED_MODEL, "its model"), **dict.fromkeys(RESUMED_STATE, "its optimizer and "
+                                                                                  "learning-rate schedule")}
+            if key.split(".")[0] in kept:
+                raise ValueError(f"fit --ckpt_path {path}: the checkpoint's run has model.{key} {_plain(theirs)!r}, "
+                                 f"the command line asks for {_plain(value)!r}; a resumed run keeps "
+                                 f"{kept[key.split('.')[0]]}. To train on from these weights otherwise, start a new "
+                                 f"run with --model.init_from {path}")
+            print(f"Resuming with model.{key} {_plain(value)!r} (the checkpoint's run had {_plain(theirs)!r})")
+            parent = _get(model, key.rpartition(".")[0]) if "." in key else model
+            parent[key.rpartition(".")[2]] = value
+
     def before_instantiate_classes(self) -> None:
         """With ``model.init_from`` every weight comes from that file: the backbone's own ``pretrained``
-        weights would only be overwritten, so they are not loaded (nor fetched, offline)."""
+        weights would only be overwritten, so they are not loaded (nor fetched, offline). A resumed fit keeps the
+        checkpoint's model (:meth:`_check_resumed_model`)."""
+        if getattr(self, "_resumed", None):
+            self._check_resumed_model()
         subcommand = self.config.get("subcommand")
         model = (self.config[subcommand] if subcommand else self.config).get("model")
         backbone = model.get("backbone") if model is not None else None
@@ -221,8 +343,10 @@ class KestrelCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs) -> pl.Trainer:
         """The trainer, logging by default to CSV and TensorBoard in the same ``version_N`` folder, with the
-        subcommand's callbacks: ``fit`` its checkpoints, the learning rate logged every step and the fit timed
-        (:class:`tasks.callbacks.FitTimer`); ``test`` the report writer; ``predict`` the prediction writer."""
+        subcommand's callbacks: ``fit`` its checkpoints, the learning rate logged every step, the fit timed
+        (:class:`tasks.callbacks.FitTimer`) and stopped when it diverges (:class:`tasks.callbacks.DivergenceGuard`);
+        ``test`` the report writer; ``predict`` the prediction writer. Checkpoints are written atomically
+        (:class:`tasks.callbacks.AtomicCheckpointIO`)."""
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init
         trainer = config.get("trainer") or {}
         loggers = trainer.get("logger")
@@ -238,6 +362,12 @@ class KestrelCLI(LightningCLI):
             callbacks += checkpoints(**options)
         if self.subcommand == "fit" and loggers and not any(isinstance(c, LearningRateMonitor) for c in callbacks):
             callbacks.append(LearningRateMonitor(logging_interval="step"))
+        if self.subcommand == "fit" and not any(isinstance(c, DivergenceGuard) for c in callbacks):
+            callbacks.append(DivergenceGuard())
+        plugins = trainer.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):  # the user's own writer stays theirs
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         if self.subcommand == "test":
             callbacks.append(ReportWriter())
         elif self.subcommand == "predict":
@@ -262,6 +392,43 @@ class KestrelCLI(LightningCLI):
 
     def before_predict(self) -> None:
         self._run_exported()
+
+
+#: model options that make another network: a resumed fit refuses to change them
+RESUMED_MODEL = ("backbone", "head", "class_names", "category_ids", "num_classes", "image_size", "keypoint_names",
+                 "quantization")
+#: model options whose state the checkpoint restores (the optimizer's learning rate, the schedule): refused too
+RESUMED_STATE = ("optimizer", "scheduler", "norm_weight_decay")
+
+
+def _model_options(args: Sequence[str]) -> list[str]:
+    """The ``--model.*`` options a command line gives, as keys below ``model`` (``backbone.name``)."""
+    keys = []
+    for arg in args:
+        if isinstance(arg, str) and arg.startswith("--model."):
+            key = arg.removeprefix("--model.").split("=", 1)[0]
+            if key and key not in keys:
+                keys.append(key)
+    return keys
+
+
+def _get(namespace: Any, key: str) -> Any:
+    """``namespace``'s value at a dotted ``key``, also where a component's options sit under its ``init_args``
+    (``backbone.name`` is ``backbone.init_args.name``); None where there is none."""
+    value = namespace
+    for part in key.split("."):
+        if not hasattr(value, "get"):
+            return None
+        inner = value.get("init_args")
+        value = value.get(part) if value.get(part) is not None or not hasattr(inner, "get") else inner.get(part)
+        if value is None:
+            return None
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """A config value as plain data, to compare and print (jsonargparse's namespaces as dicts)."""
+    return value.as_dict() if hasattr(value, "as_dict") else value
 
 
 def _backbone_help() -> str:
@@ -321,6 +488,11 @@ def main(cli_main: Callable[[list[str] | None], object], argv: Sequence[str] | N
         sys.argv[1:] = given
     try:
         cli_main(None if argv is None else given)
+    except RunStopped as err:  # a run that ended early: the last checkpoint is saved, the status says so
+        if verbose:
+            raise
+        print(f"error: {err} (--verbose shows the traceback)", file=sys.stderr)
+        return err.exit_code
     except USER_ERRORS as err:
         if verbose:
             raise

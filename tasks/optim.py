@@ -7,6 +7,7 @@ in steps or epochs and never repeats ``trainer.max_epochs``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -54,6 +55,11 @@ class _Warmup(SequentialLR):
     """Linear warm-up over ``warmup_steps`` (at most all but one step), then the main schedule.
 
     ``main`` builds the main schedule from the steps left after the warm-up; stepped every step.
+
+    Resumed (:meth:`load_state_dict`), the schedule is built for this run's length and stepped to the checkpoint's
+    step, rather than given the checkpoint's sub-schedules: those were built for the length of the run that wrote
+    it, and a run resumed with more epochs would otherwise go on with a cosine that had already ended (it then
+    swings between the base rate and the floor at every step). For an unchanged length both are the same.
     """
 
     def __init__(
@@ -70,6 +76,27 @@ class _Warmup(SequentialLR):
         remaining = max(length.total_steps - max(warmup_steps, 1), 1)
         super().__init__(optimizer, [warmup, main(remaining)], milestones=[max(warmup_steps, 1)])
         self.warmup_steps = warmup_steps
+        self.total_steps = length.total_steps
+        self._arguments = (optimizer, length, warmup_steps, warmup_factor, main)
+
+    def state_dict(self) -> dict:
+        state = {**super().state_dict(), "total_steps": self.total_steps}
+        state.pop("_arguments", None)  # how to build it again (the optimizer, a function): not state
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        steps, planned = state_dict["last_epoch"], state_dict.get("total_steps")
+        optimizer = self._arguments[0]
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"]
+        _Warmup.__init__(self, *self._arguments)
+        with warnings.catch_warnings():  # "step() before optimizer.step()": these steps only replay the schedule
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(steps):
+                self.step()
+        if planned is not None and planned != self.total_steps:
+            print(f"The learning-rate schedule now spans {self.total_steps} steps (the checkpoint's run planned "
+                  f"{planned}); it goes on from step {steps}")
 
 
 class WarmupCosineLR(_Warmup):

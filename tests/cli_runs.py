@@ -1,11 +1,14 @@
 """What the task CLI tests share: the demo configs shrunk to seconds, run folders, and what a report must hold."""
 
 import json
+import os
 import re
+import signal
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from pytorch_lightning.callbacks import Callback
 
 DEMO_CONFIGS = Path(__file__).parents[1] / "configs" / "demo"
 
@@ -54,3 +57,17 @@ def check_report(folder: Path, headline: list[str], plots: set[str], backbone: s
     page = (folder / "report.html").read_text()
     assert len(re.findall(r'src="data:image/png;base64,', page)) == len(list(folder.glob("*.png")))
     return metrics
+
+
+class SigtermAt(Callback):
+    """A callback (``--trainer.callbacks+=cli_runs.SigtermAt``) that sends this process SIGTERM once ``step``
+    training steps are done, as a scheduler or ``timeout`` stops a run."""
+
+    def __init__(self, step: int = 2):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            # Lightning's handler, or the signal would end the test process itself
+            assert callable(signal.getsignal(signal.SIGTERM)), "no SIGTERM handler: not in the main thread?"
+            os.kill(os.getpid(), signal.SIGTERM)

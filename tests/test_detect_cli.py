@@ -404,3 +404,8 @@ def by_image(entries: list[dict]) -> dict:
                             "scores": torch.tensor([e["score"] for e in mine]),
                             "labels": torch.tensor([e["category_id"] for e in mine])}
     return images
+
+
+def test_an_empty_batch_is_one_clear_error_not_a_reshape_deep_in_the_file(onnx_file):
+    with pytest.raises(ValueError, match=r"model.onnx takes a batch of at least one image, got an empty one \(0, 3"):
+        ExportedModel(onnx_file)(torch.zeros(0, 3, 64, 64, dtype=torch.uint8))

@@ -135,3 +135,44 @@ def test_imagenet_weights_offline_are_one_line_saying_where_to_put_them(data, tm
     assert main(detect.cli_main, args) == 1
     line = one_line(capsys)
     assert "torchvision's ImageNet weights for mobilenet_v3_large" in line and f"put it at {hub_dir}" in line
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--trainer.max_epocs", "3"], "error: unknown option --trainer.max_epocs; did you mean --trainer.max_epochs?"),
+    (["--data.imag_size", "96"], "error: unknown option --data.imag_size; did you mean --data.image_size?"),
+    (["--model.backbone.nmae", "x"], "error: model.backbone has no option 'nmae'; did you mean --model.backbone.name?"),
+])
+def test_a_mistyped_option_is_one_line_with_a_suggestion(data, tmp_path, capsys, extra, says):
+    args = ["fit", "--config", str(DEMO / "ssdlite_mbv3_shapes.yaml"), "--data.root", str(data / "coco"),
+            "--trainer.default_root_dir", str(tmp_path), *extra]
+    with pytest.raises(SystemExit) as stop:
+        main(detect.cli_main, args)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0] == f"{says} (--help lists the options)", err
+
+
+def test_bad_files_and_values_are_one_line_naming_them(data, tmp_path, capsys):
+    base = ["--data.root", str(data / "coco"), "--trainer.default_root_dir", str(tmp_path)]
+    config = tmp_path / "broken.yaml"
+    config.write_text("model:\n  backbone: [\n")
+    assert main(detect.cli_main, ["test", "--config", str(config), *base]) == 1
+    assert f"config {config} is not valid YAML at line 3, column 1" in one_line(capsys)
+    demo = ["--config", str(DEMO / "ssdlite_mbv3_shapes.yaml")]
+    assert main(detect.cli_main, ["test", *demo, *base, "--data.image_size", "0"]) == 1
+    assert "--data.image_size is an image side in pixels, at least 32; got 0" in one_line(capsys)
+    assert main(detect.cli_main, ["export", *demo, *base, "--int8", "true", "--calibration_images", "0"]) == 1
+    assert "--calibration_images is how many training images INT8 calibrates on, at least 1; got 0" in one_line(capsys)
+    root = tmp_path / "latin1"
+    (root / "annotations").mkdir(parents=True)
+    (root / "annotations" / "instances_val2017.json").write_bytes('{"images": "caf\u00e9"}'.encode("latin-1"))
+    assert main(detect.cli_main, ["test", *demo, *base, "--data.root", str(root)]) == 1
+    assert "instances_val2017.json' is not UTF-8 text" in one_line(capsys)
+
+
+def test_an_openvino_model_without_its_weights_is_one_line(tmp_path):
+    from tasks.deploy.runtime import ExportedModel
+
+    (tmp_path / "model.xml").write_text("<net/>")
+    with pytest.raises(FileNotFoundError, match="has no weights file model.bin beside it"):
+        ExportedModel(tmp_path / "model.xml")

@@ -52,3 +52,32 @@ def test_param_groups_keep_norms_and_biases_out_of_weight_decay():
     assert [p.shape for p in groups[0]["params"]] == [torch.Size([4, 8, 1, 1])]
     assert len(groups[1]["params"]) == 4 and groups[1]["weight_decay"] == 0.0  # conv biases, norm weight/bias
     assert "weight_decay" not in param_groups(model, norm_weight_decay=None)[1]
+
+
+@pytest.mark.parametrize("scheduler_class, options", [
+    (WarmupCosineLR, {"warmup_steps": 5}), (WarmupPolyLR, {"warmup_steps": 3}),
+    (WarmupMultiStepLR, {"milestones": (2, 4), "warmup_steps": 5})])
+def test_a_resumed_schedule_is_this_runs_schedule_at_the_checkpoints_step(scheduler_class, options, capsys):
+    """Resumed with the same length, a schedule goes on as if never stopped; with another (``fit --ckpt_path last``
+    with more epochs) it is the schedule of the new length from the checkpoint's step, and says so."""
+    def run(total, steps, state=None):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        scheduler = scheduler_class(optimizer, TrainingLength(total, 10), **options)
+        if state is not None:
+            optimizer.load_state_dict(state[0])
+            scheduler.load_state_dict(state[1])
+        out = []
+        for _ in range(steps):
+            out.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return out, (optimizer.state_dict(), scheduler.state_dict())
+
+    whole, _ = run(30, 30)
+    first, state = run(30, 12)
+    assert first + run(30, 18, state)[0] == whole
+    assert capsys.readouterr().out == ""
+    longer, _ = run(60, 60)
+    resumed, _ = run(60, 48, state)
+    assert resumed == pytest.approx(longer[12:], abs=1e-12)
+    assert "The learning-rate schedule now spans 60 steps (the checkpoint's run planned 30)" in capsys.readouterr().out

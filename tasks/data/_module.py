@@ -38,6 +38,18 @@ class Split(Protocol):
         """What the labels mean (class names and ids, keypoint names): equal on every split."""
 
 
+#: the smallest image side a network takes: the coarsest feature level of every backbone is 1/32 of it
+MIN_IMAGE_SIDE = 32
+
+
+def check_size(value: Any, option: str) -> int:
+    """``value`` if it is a whole number of pixels of at least :data:`MIN_IMAGE_SIDE`; else a ``ValueError``
+    naming ``option``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < MIN_IMAGE_SIDE:
+        raise ValueError(f"--{option} is an image side in pixels, at least {MIN_IMAGE_SIDE}; got {value!r}")
+    return value
+
+
 def process_rank() -> int:
     """This process's rank in a distributed run (0 outside one)."""
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0

@@ -7,11 +7,14 @@ convention; the data set's own ids stay available for results files.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def load_json(path: str | Path) -> Any:
@@ -22,6 +25,9 @@ def load_json(path: str | Path) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"annotation file {str(path)!r} is not UTF-8 text ({err.reason} at byte {err.start})"
+                         ) from None
     except json.JSONDecodeError as err:
         raise ValueError(
             f"annotation file {str(path)!r} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}"
@@ -108,6 +114,24 @@ def read_categories(path: str | Path) -> tuple[list[str], list[int]]:
     return [c["name"] for c in categories], [c["id"] for c in categories]
 
 
+def _number_annotations(path: Path, annotations: list[dict]) -> None:
+    """COCOeval tells ground-truth objects apart by their ``id``: repeated ids make it match detections to the wrong
+    objects (a well-trained detector scored 0.0003 mAP instead of 0.617) and a missing one fails it. If any id is
+    repeated or missing, every annotation is numbered 1..N in the file's order (the evaluation does not depend on
+    which ids objects have, only that they differ) and a warning says so; the file is not changed."""
+    ids = [ann.get("id") for ann in annotations]
+    missing = sum(not _id(i) for i in ids)
+    valid = [i for i in ids if _id(i)]
+    repeated = len(valid) - len(set(valid))
+    if not missing and not repeated:
+        return
+    for number, ann in enumerate(annotations, 1):
+        ann["id"] = number
+    log.warning("annotation file %s: %d annotation(s) without an id and %d repeating another's id; every annotation "
+                "numbered 1..%d in the file's order for this run (the file is unchanged)", path, missing, repeated,
+                len(annotations))
+
+
 def load_coco(path: str | Path) -> CocoFile:
     """Load and validate a COCO annotation file (instances or person_keypoints).
 
@@ -131,6 +155,13 @@ def load_coco(path: str | Path) -> CocoFile:
     category_ids = [c["id"] for c in categories]
     if len(set(category_ids)) != len(category_ids):
         raise ValueError(f"annotation file {str(path)!r} repeats category ids: {category_ids}")
+    names = [c["name"] for c in categories]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        ids = [c["id"] for c in categories if c["name"] == repeated[0]]
+        raise ValueError(f"annotation file {str(path)!r}: categories {ids} share the name {repeated[0]!r}; a model's "
+                         "classes and the per-class results go by name: give each category a name of its own")
+    _number_annotations(path, data["annotations"])
     images = sorted(data["images"], key=lambda im: im["id"])
     if not images:
         raise ValueError(f"annotation file {str(path)!r} lists no images: an empty split can be neither trained "

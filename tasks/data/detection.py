@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..evaluation import DetectionEvaluator
-from ._module import KestrelDataModule
+from ._module import KestrelDataModule, check_size
 from .coco import load_coco, read_categories
 from .images import read_image
 from .transforms import DetectionPreset, detection_transform
@@ -248,7 +248,7 @@ class DetectionData(KestrelDataModule):
             raise ValueError("data.classes and data.train_roots are for VOC data; COCO names its categories")
         self.root = root
         self.train_roots = train_roots or [root]
-        self.image_size = image_size
+        self.image_size = check_size(image_size, "data.image_size")
         self.augment = augment
         self.use_difficult = use_difficult
         if format == "voc":

@@ -28,7 +28,7 @@ from heads.pose import flip_index
 
 from ..evaluation import PoseEvaluator
 from ..evaluation.keypoints import apply_affine
-from ._module import KestrelDataModule
+from ._module import KestrelDataModule, check_size
 from .coco import finite_number, load_coco, load_json, read_category_entries
 from .images import read_image
 
@@ -419,6 +419,7 @@ class PoseData(KestrelDataModule):
         self.det_file = det_file
         self.det_score_threshold = det_score_threshold
         self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        self.image_size = tuple(check_size(side, "data.image_size") for side in self.image_size)
         self.augment = augment if augment is not None else PoseAugment()
         # the keypoints decide the model's outputs, needed before setup
         path = Path(root) / "annotations" / f"person_keypoints_{self.val_split}.json"

@@ -21,7 +21,7 @@ from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
 from ..evaluation import VOID, SegmentationEvaluator
-from ._module import KestrelDataModule
+from ._module import KestrelDataModule, check_size
 from .coco import load_coco, read_categories
 from .images import check_files_exist, read_image
 from .masks import read_mask
@@ -208,8 +208,8 @@ class SegmentationData(KestrelDataModule):
         coco = format == "coco"
         self.train_mask_dir = train_mask_dir
         self.coco_classes = coco_classes
-        self.image_size = image_size
-        self.crop_size = crop_size or image_size
+        self.image_size = check_size(image_size, "data.image_size")
+        self.crop_size = check_size(crop_size or image_size, "data.crop_size")
         self.scale_range = tuple(scale_range)
         if coco and coco_classes == "all":  # the categories decide the label count, which the model needs now
             path = Path(root) / "annotations" / f"instances_{self.val_split}.json"

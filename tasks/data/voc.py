@@ -27,7 +27,11 @@ def read_split(root: str | Path, kind: str, split: str) -> list[str]:
     path = Path(root) / "ImageSets" / kind / f"{split}.txt"
     if not path.is_file():
         raise FileNotFoundError(f"VOC split list {str(path)!r} does not exist")
-    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"VOC split list {str(path)!r} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    ids = [line.split()[0] for line in text.splitlines() if line.strip()]
     if not ids:
         raise ValueError(f"VOC split list {str(path)!r} is empty")
     return ids

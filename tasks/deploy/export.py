@@ -153,6 +153,9 @@ def export_task(trainer: pl.Trainer, task: KestrelTask, datamodule: pl.Lightning
     if input_size is not None and format not in MOBILE_FORMATS:
         raise ValueError(f"--input_size fixes a mobile file's input ({', '.join(MOBILE_FORMATS)}); {format} files "
                          "take images of any size")
+    if int8 and calibration_images < 1:
+        raise ValueError(f"--calibration_images is how many training images INT8 calibrates on, at least 1; got "
+                         f"{calibration_images}")
     if int8 and datamodule is None and format != "coreml":  # Core ML's INT8 is its weights': no calibration
         raise ValueError("--int8 true calibrates on training images: give the data (--data.root ...)")
     if ckpt_path and not Path(ckpt_path).is_file():

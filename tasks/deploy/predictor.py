@@ -33,7 +33,13 @@ ImageLike = str | Path | np.ndarray | torch.Tensor
 
 
 def as_image(image: ImageLike) -> torch.Tensor:
-    """One image as the networks take it: uint8 RGB ``(3, H, W)``."""
+    """One image as the networks take it: uint8 RGB ``(3, H, W)``.
+
+    Raises:
+        TypeError, ValueError: anything but what the module docstring lists, named: a float image with values
+            outside [0, 1] (0-255 floats: convert them with ``.to(torch.uint8)``) or not finite, an integer image
+            outside 0-255, an image without pixels. Nothing is clamped or wrapped into range.
+    """
     if isinstance(image, (str, Path)):
         return torch.from_numpy(read_image(image)).permute(2, 0, 1)
     if isinstance(image, np.ndarray):
@@ -43,14 +49,31 @@ def as_image(image: ImageLike) -> torch.Tensor:
             image = np.repeat(image[..., None], 3, axis=2)
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"a NumPy image must be (H, W, 3) RGB or (H, W) grey, got shape {image.shape}")
+        _check_pixels(image.shape[:2])
         return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
     if isinstance(image, torch.Tensor):
         if image.dim() != 3 or image.shape[0] != 3:
             raise ValueError(f"a tensor image must be (3, H, W), got shape {tuple(image.shape)}")
+        _check_pixels(tuple(image.shape[1:]))
         if image.is_floating_point():
-            return (image.clamp(0, 1) * 255).round().to(torch.uint8)
+            low, high = float(image.min()), float(image.max())
+            if not (0 <= low and high <= 1):  # (also false for NaN)
+                raise ValueError(f"a float tensor image must hold values in [0, 1], got {low:g} to {high:g}"
+                                 + (": for 0-255 values pass image.to(torch.uint8)" if high <= 255 and low >= 0
+                                    else ""))
+            return (image * 255).round().to(torch.uint8)
+        if image.dtype == torch.bool or image.is_complex():
+            raise TypeError(f"a tensor image must be uint8 (0-255) or float (0-1), got {image.dtype}")
+        if image.dtype != torch.uint8 and (int(image.min()) < 0 or int(image.max()) > 255):
+            raise ValueError(f"an integer tensor image must hold values 0-255, got {int(image.min())} to "
+                             f"{int(image.max())}")
         return image.to(torch.uint8)
     raise TypeError(f"an image is a path, a NumPy array or a tensor, got {type(image).__name__}")
+
+
+def _check_pixels(size: tuple[int, ...]) -> None:
+    if min(size) < 1:
+        raise ValueError(f"an image must have pixels, got {size[0]}x{size[1]}")
 
 
 def as_images(images: ImageLike | Sequence[ImageLike]) -> tuple[list[torch.Tensor], bool]:
@@ -132,6 +155,24 @@ class Segmenter(Predictor):
         return self.run(as_images(images)[0])
 
 
+def _boxes(boxes: Any, index: int) -> np.ndarray:
+    """An image's person boxes as ``(B, 4)`` float64 ``x1, y1, x2, y2``: finite, each with ``x1 < x2``,
+    ``y1 < y2``; else a ``ValueError`` naming the box."""
+    try:
+        array = np.asarray(boxes.cpu() if isinstance(boxes, torch.Tensor) else boxes, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"the person boxes of image {index} must be numbers (B, 4) as x1, y1, x2, y2") from None
+    if array.size % 4 or (array.ndim > 1 and array.shape[-1] != 4):
+        raise ValueError(f"the person boxes of image {index} must be (B, 4) as x1, y1, x2, y2, got shape "
+                         f"{array.shape}")
+    array = array.reshape(-1, 4)
+    for box in array:
+        if not np.isfinite(box).all() or box[2] <= box[0] or box[3] <= box[1]:
+            raise ValueError(f"person box {box.tolist()} of image {index} is not a box x1, y1, x2, y2 with "
+                             "x1 < x2 and y1 < y2")
+    return array
+
+
 class PoseEstimator(Predictor):
     """Keypoints of the people in given boxes, in image pixels, with their names.
 
@@ -161,9 +202,12 @@ class PoseEstimator(Predictor):
         crops, matrices, owner = [], [], []
         for index, (image, image_boxes) in enumerate(zip(images, boxes)):
             array = image.permute(1, 2, 0).numpy()
-            for box in np.asarray(image_boxes, dtype=np.float64).reshape(-1, 4):
+            for box in _boxes(image_boxes, index):
                 x1, x2 = box[[0, 2]].clip(0, image.shape[2])  # as the data's boxes are clipped to their image
                 y1, y2 = box[[1, 3]].clip(0, image.shape[1])
+                if x2 <= x1 or y2 <= y1:
+                    raise ValueError(f"person box {box.tolist()} of image {index} has no area inside the image "
+                                     f"({image.shape[2]}x{image.shape[1]})")
                 center, scale = box_to_center_scale(np.array([x1, y1, x2 - x1, y2 - y1]), width / height)
                 matrix = crop_matrix(center, scale, (height, width))
                 crop = np.ascontiguousarray(cut_out(array, matrix, (height, width)))

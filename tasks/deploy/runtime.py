@@ -233,6 +233,10 @@ class ExportedModel:
 
     def __init__(self, path: str | Path, threads: int | None = None, spinning: bool = True):
         self.path = Path(path)
+        weights = self.path.with_suffix(".bin")
+        if self.path.suffix.lower() == OPENVINO_SUFFIX and not weights.is_file():
+            raise FileNotFoundError(f"OpenVINO model {self.path} has no weights file {weights.name} beside it: an "
+                                    "OpenVINO IR is the .xml and the .bin that export writes together")
         self.metadata = read_metadata(self.path)
         self.threads = threads
         if self.path.suffix.lower() == COREML_SUFFIX:
@@ -282,6 +286,9 @@ class ExportedModel:
             self.runtime = f"openvino {_version('openvino')} (CPU)"
 
     def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        if images.shape[0] == 0:
+            raise ValueError(f"{self.path.name} takes a batch of at least one image, got an empty one "
+                             f"{tuple(images.shape)}")
         if hasattr(self, "_method"):
             per_image = [self._run_fixed(image) for image in images.detach().cpu()]
             return {name: torch.cat([out[name] for out in per_image]) for name in self._outputs}
