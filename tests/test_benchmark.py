@@ -219,3 +219,24 @@ def test_quantization_writes_configs_the_cli_and_the_scoring_read(tmp_path, shap
     lr = base["model"]["optimizer"]["init_args"]["lr"]
     assert float(arguments[arguments.index("--model.optimizer.init_args.lr") + 1]) == pytest.approx(lr / 10)
     assert arguments[arguments.index("--model.quantization") + 1] == "qat"
+
+
+def test_runtimes_refuses_files_it_cannot_compare_in_one_line(tmp_path, capsys):
+    """An exported file where the checkpoint goes, and files of two tasks, are one line each (not a traceback)."""
+    from tasks.benchmark.__main__ import main as benchmark
+    from tasks.deploy.export import write_onnx_metadata
+
+    files = []
+    for task in ("detect", "segment"):
+        path = tmp_path / task / "model.onnx"
+        path.parent.mkdir()
+        torch.onnx.export(torch.nn.Identity(), (torch.zeros(1, 3, 8, 8),), str(path), input_names=["images"],
+                          dynamo=False)
+        write_onnx_metadata(path, {"task": task, "input_size": [8, 8]})
+        files.append(str(path))
+    for args, says in (([files[0], files[0]], f"{files[0]} is an exported file"),
+                       (["best.ckpt", *files], f"different tasks ({files[0]}: detect, {files[1]}: segment)")):
+        with pytest.raises(SystemExit):
+            benchmark(["runtimes", *args])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert says in err[-1] and "Traceback" not in "\n".join(err), err

@@ -93,3 +93,26 @@ def test_found_later_the_run_still_ends_with_a_checkpoint(data, tmp_path, capsys
     assert f"mask {mask!r} has values [9]" in error_line(capsys)
     [last] = run_dir.glob("**/checkpoints/*.ckpt")
     assert last.name == "last.ckpt" and torch.load(last, weights_only=False)["global_step"] == 4  # 16 images, 4 steps
+
+
+def test_a_mask_is_checked_against_its_image_as_displayed(tmp_path):
+    """A photo stored landscape with an EXIF quarter turn is decoded (and displayed) portrait: its mask is drawn
+    portrait, and the header check compares it with the portrait size rather than refusing it with swapped sizes."""
+    from types import SimpleNamespace
+
+    from tasks.data._module import check_split
+
+    image = Image.fromarray(np.zeros((20, 40, 3), np.uint8))  # stored 40 wide, 20 high
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees to display
+    image.save(tmp_path / "photo.jpg", exif=exif.tobytes())
+    Image.fromarray(np.zeros((40, 20), np.uint8)).save(tmp_path / "portrait.png")  # 20 wide, 40 high
+    Image.fromarray(np.zeros((20, 40), np.uint8)).save(tmp_path / "landscape.png")
+
+    def split(mask):
+        record = SimpleNamespace(file=tmp_path / "photo.jpg", mask_file=tmp_path / mask, width=None, height=None)
+        return SimpleNamespace(records=[record], class_names=["thing"])
+
+    check_split(split("portrait.png"), "test split")
+    with pytest.raises(ValueError, match=r"landscape.png' is 40x20 pixels, its image .* 20x40"):
+        check_split(split("landscape.png"), "test split")

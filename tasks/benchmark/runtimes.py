@@ -11,6 +11,7 @@ import torch
 
 from backbones import inference_copy
 
+from .._base import checkpoint_hyperparameters
 from ..deploy.runtime import ExportedModel, file_size_mb, is_exported
 from ..from_config import task_class
 from .machine import describe_machine, machine_line
@@ -25,9 +26,24 @@ def runtimes(checkpoint: str | Path, files: Sequence[str | Path], size: tuple[in
     files = [Path(f) for f in files]
     if not files or any(not is_exported(f) for f in files):
         raise ValueError("runtimes compares a checkpoint with exported .onnx / .xml / .tflite / .pte files")
-    exported = {f.name: ExportedModel(f, threads=threads, spinning=False) for f in files}
+    if is_exported(checkpoint):
+        raise ValueError(f"the first file is the checkpoint the others were exported from (best.ckpt); {checkpoint} is "
+                         "an exported file")
+    names = [f.name for f in files]
+    keys = names if len(set(names)) == len(names) else [str(f) for f in files]  # two model_int8.onnx: their paths
+    exported = {key: ExportedModel(f, threads=threads, spinning=False) for key, f in zip(keys, files)}
+    tasks = {name: model.metadata.get("task") for name, model in exported.items()}
+    if len(set(tasks.values())) > 1:
+        raise ValueError(f"the files are models of different tasks ({', '.join(f'{n}: {t}' for n, t in tasks.items())})"
+                         ": compare one checkpoint with files exported from it")
     metadata = next(iter(exported.values())).metadata
-    task = task_class(metadata["task"]).load_from_checkpoint(checkpoint, map_location="cpu")
+    try:
+        task = task_class(metadata["task"]).load_from_checkpoint(checkpoint, map_location="cpu")
+    except Exception as err:  # noqa: BLE001 - torch and jsonargparse raise many kinds for "not this task's checkpoint"
+        head = checkpoint_hyperparameters(str(checkpoint)).get("head")
+        what = f"its head is {head.get('class_path', head)}" if isinstance(head, dict) else \
+            f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}"
+        raise ValueError(f"{checkpoint} is not a checkpoint of the files' task, {metadata['task']} ({what})") from None
     models: dict[str, Callable] = {"PyTorch eager": inference_copy(task.model), **exported}
     height, width = metadata["input_size"] if metadata["task"] == "pose" else size
     generator = torch.Generator().manual_seed(0)

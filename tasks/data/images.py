@@ -52,10 +52,16 @@ def check_files_exist(files: list[Path], what: str) -> None:
         raise FileNotFoundError(f"{len(missing)} image(s) of {what} do not exist: {shown}")
 
 
+#: the EXIF tag of an image's orientation, and its values that turn the image a quarter (width and height swap)
+EXIF_ORIENTATION = 0x0112
+QUARTER_TURNS = (5, 6, 7, 8)
+
+
 def check_image_header(path: Path, width: int | None = None, height: int | None = None) -> tuple[int, int]:
-    """The ``(width, height)`` of image ``path`` by its header; ``ValueError`` (or ``FileNotFoundError``)
-    naming the file if it is empty, not an image, or another size than its annotation's ``width`` x
-    ``height``. Reads the header only: a file corrupt past its header is found when it is decoded."""
+    """The ``(width, height)`` of image ``path`` by its header, as it is displayed and decoded (an EXIF orientation
+    that turns it a quarter swaps them, as :func:`read_image` turns the pixels); ``ValueError`` (or
+    ``FileNotFoundError``) naming the file if it is empty, not an image, or another size than its annotation's
+    ``width`` x ``height``. Reads the header only: a file corrupt past its header is found when it is decoded."""
     if not path.is_file():
         raise FileNotFoundError(f"image {str(path)!r} does not exist")
     if path.stat().st_size == 0:
@@ -63,6 +69,8 @@ def check_image_header(path: Path, width: int | None = None, height: int | None 
     try:
         with Image.open(path) as image:
             size = image.size
+            if image.getexif().get(EXIF_ORIENTATION, 1) in QUARTER_TURNS:  # decoded, it is displayed turned
+                size = size[::-1]
     except Exception as err:  # noqa: BLE001 - PIL raises many kinds for "not an image"
         raise ValueError(f"image {str(path)!r} cannot be decoded ({type(err).__name__}: {err})") from None
     if width and height and size not in ((width, height), (height, width)):  # (EXIF rotation swaps them)
