@@ -103,7 +103,7 @@ class DivergenceGuard(Callback):
 
     A loss that is NaN or infinite, a loss ``explosion`` times the first step's (the loss of the weights the run
     started from: a run whose loss grows by orders of magnitude is not training), or a gradient that is not finite
-    stops the run with
+    (unless float16 mixed precision's gradient scaler is there to skip such steps) stops the run with
     :class:`RunStopped` naming the step and the value. The weights are then still those of the step before, and
     ``last.ckpt`` (written on the way out) holds them. No checkpoint with a non-finite tensor is written: if the
     weights became non-finite anyway (a finite gradient times an enormous learning rate), the checkpoint is
@@ -130,6 +130,8 @@ class DivergenceGuard(Callback):
         self._previous = (trainer.global_step, value)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if getattr(trainer.precision_plugin, "scaler", None) is not None:
+            return  # float16 mixed precision: its gradient scaler skips the steps whose gradients overflow
         gradients = [p.grad for p in pl_module.parameters() if p.grad is not None]
         if gradients and not torch.isfinite(torch.nn.utils.get_total_norm(gradients)):
             name = next(n for n, p in pl_module.named_parameters()

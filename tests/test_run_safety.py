@@ -140,3 +140,18 @@ def test_resume_refuses_another_model_or_optimizer_and_says_what_it_changes(shap
                     "--model.channels_last", "false")
     assert main(detect.cli_main, args) == 0
     assert "Resuming with model.channels_last False (the checkpoint's run had True)" in capsys.readouterr().out
+
+
+def test_float16_mixed_precision_keeps_its_overflowing_steps_to_its_scaler():
+    """Under a gradient scaler an infinite gradient is a step the scaler skips, not a diverged run."""
+    from types import SimpleNamespace
+
+    from tasks.callbacks import DivergenceGuard
+
+    module = torch.nn.Linear(2, 2)
+    module.weight.grad = torch.full((2, 2), float("inf"))
+    scaled = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=object()), global_step=4)
+    DivergenceGuard().on_before_optimizer_step(scaled, module, None)
+    plain = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=None), global_step=4, checkpoint_callbacks=[])
+    with pytest.raises(RunStopped, match="training diverged at step 4: the gradient of weight is not finite"):
+        DivergenceGuard().on_before_optimizer_step(plain, module, None)
