@@ -139,7 +139,11 @@ def decode_heatmaps(heatmaps: torch.Tensor, blur_kernel: int | None = 11) -> tup
     stride = width + 2
 
     def at(dx: int, dy: int) -> torch.Tensor:
-        return pad.gather(-1, ((y + 1 + dy) * stride + x + 1 + dx)[..., None])[..., 0]
+        # integer tensors rather than Python numbers: ExecuTorch's XNNPACK quantizer turns every number added to or
+        # multiplied by a tensor into a float tensor (executorch 1.5.1, _convert_scalars_to_attrs), which would
+        # make this index float in an INT8 phone file
+        rows = (y + torch.full_like(y, 1 + dy)) * torch.full_like(y, stride)
+        return pad.gather(-1, (rows + x + torch.full_like(x, 1 + dx))[..., None])[..., 0]
 
     centre = at(0, 0)
     dx = 0.5 * (at(1, 0) - at(-1, 0))

@@ -251,6 +251,41 @@ def convert(network: nn.Module, fold_weights: bool = True) -> nn.Module:
     return converted
 
 
+def float_transposed_convolutions(network: nn.Module) -> nn.Module:
+    """A copy of a converted network (:func:`convert`) whose transposed convolutions read float weights: each weight
+    dequantized once, from the int8 values and scales QAT learned, so the numbers are the ones it trained with.
+    XNNPACK runs no INT8 transposed convolution (ExecuTorch 1.5.1 leaves its per-channel ``dequantize`` outside the
+    delegate, which the runtime then lacks: "Missing out variants"), so an ExecuTorch file runs them in float.
+    """
+    import copy
+
+    transposed = {torch.ops.aten.conv_transpose2d.input, torch.ops.aten.conv_transpose1d.default}
+    network = copy.deepcopy(network)
+    for name in quantized_parts(network):
+        part = getattr(network, name)
+        graph = getattr(part, "graph", None)
+        if graph is None:
+            continue
+        changed = False
+        for node in list(graph.nodes):
+            weight = node.args[1] if node.op == "call_function" and node.target in transposed else None
+            if not (isinstance(weight, torch.fx.Node) and "dequantize_per_channel" in str(weight.target)
+                    and all(isinstance(a, torch.fx.Node) and a.op == "get_attr" for a in weight.args[:3])):
+                continue
+            values = [part.get_buffer(a.target) if a.target in dict(part.named_buffers()) else getattr(part, a.target)
+                      for a in weight.args[:3]]
+            dequantized = weight.target(*values, *weight.args[3:])
+            attribute = f"{node.name}_float_weight"
+            part.register_buffer(attribute, dequantized)
+            with graph.inserting_before(node):
+                node.replace_input_with(weight, graph.get_attr(attribute))
+            changed = True
+        if changed:
+            graph.eliminate_dead_code()
+            part.recompile()
+    return network
+
+
 def _size(tensor: torch.Tensor, dim: int) -> int:
     return tensor.size(dim)
 

@@ -47,7 +47,7 @@ from torch import nn
 
 from heads._input import resize
 
-from ..qat import is_converted, quantized_parts, quantizer
+from ..qat import float_transposed_convolutions, is_converted, quantized_parts, quantizer
 
 PTE_SUFFIX = ".pte"
 TFLITE_SUFFIX = ".tflite"
@@ -164,6 +164,8 @@ def write_phone_file(network: nn.Module, path: str | Path, metadata: dict[str, A
     ``calibration`` images are given."""
     if Path(path).suffix.lower() == TFLITE_SUFFIX:
         return write_tflite(network, path, metadata, size, calibration)
+    if is_converted(network):
+        network = float_transposed_convolutions(network)
     program = export_program(network, size) if calibration is None else quantize_program(network, size, calibration)
     return write_pte(program, path, metadata)
 
