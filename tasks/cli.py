@@ -315,13 +315,11 @@ class KestrelCLI(LightningCLI):
             theirs = _get(model, key)
             if _plain(theirs) == _plain(value):
                 continue
-            kept = {**dict.fromkeys(RESUMED_MODEL, "its model"), **dict.fromkeys(RESUMED_STATE, "its optimizer and "
-                                                                                  "learning-rate schedule")}
-            if key.split(".")[0] in kept:
+            kept = RESUMED_KEPT.get(key.split(".")[0])
+            if kept:
                 raise ValueError(f"fit --ckpt_path {path}: the checkpoint's run has model.{key} {_plain(theirs)!r}, "
-                                 f"the command line asks for {_plain(value)!r}; a resumed run keeps "
-                                 f"{kept[key.split('.')[0]]}. To train on from these weights otherwise, start a new "
-                                 f"run with --model.init_from {path}")
+                                 f"the command line asks for {_plain(value)!r}; a resumed run keeps {kept}. To train "
+                                 f"on from these weights otherwise, start a new run with --model.init_from {path}")
             print(f"Resuming with model.{key} {_plain(value)!r} (the checkpoint's run had {_plain(theirs)!r})")
             parent = _get(model, key.rpartition(".")[0]) if "." in key else model
             parent[key.rpartition(".")[2]] = value
@@ -394,11 +392,13 @@ class KestrelCLI(LightningCLI):
         self._run_exported()
 
 
-#: model options that make another network: a resumed fit refuses to change them
-RESUMED_MODEL = ("backbone", "head", "class_names", "category_ids", "num_classes", "image_size", "keypoint_names",
-                 "quantization")
-#: model options whose state the checkpoint restores (the optimizer's learning rate, the schedule): refused too
-RESUMED_STATE = ("optimizer", "scheduler", "norm_weight_decay")
+#: model options a resumed fit refuses to change, and what it keeps by that: those that make another network, and
+#: those whose state the checkpoint restores (the optimizer's learning rate, the schedule)
+RESUMED_KEPT = {
+    **dict.fromkeys(("backbone", "head", "class_names", "category_ids", "num_classes", "image_size", "keypoint_names",
+                     "quantization"), "its model"),
+    **dict.fromkeys(("optimizer", "scheduler", "norm_weight_decay"), "its optimizer and learning-rate schedule"),
+}
 
 
 def _model_options(args: Sequence[str]) -> list[str]:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .quantize import QUANTIZED_OPS, Calibration, quantize_int8
+from .quantize import QUANTIZED_OPS, Calibration, image_reader, quantize_int8
 
 #: images the sensitivity ranking runs (its own pass over both models' activations)
 SENSITIVITY_IMAGES = 8
@@ -36,7 +36,6 @@ def layer_sensitivity(fp32_path: str | Path, int8_path: str | Path, images: Iter
     inputs relative to their signal (noise power over signal power, summed; 0 for an exact input), as ONNX Runtime's
     quantization debugger measures it on ``images`` (uint8 ``(3, H, W)``). The larger, the more sensitive."""
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader
     from onnxruntime.quantization.qdq_loss_debug import (
         collect_activations,
         compute_signal_to_quantization_noice_ratio,
@@ -46,20 +45,12 @@ def layer_sensitivity(fp32_path: str | Path, int8_path: str | Path, images: Iter
         modify_model_output_intermediate_tensors,
     )
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.images = iter(images)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            image = next(self.images, None)
-            return None if image is None else {"images": image[None] if image.ndim == 3 else image}
-
     with tempfile.TemporaryDirectory() as scratch:
         augmented = Path(scratch) / "augmented.onnx"
         # the inputs of each QuantizeLinear and outputs of each DequantizeLinear, flattened (any image size)
         modify_model_output_intermediate_tensors(str(int8_path), str(augmented),
                                                  ["QuantizeLinear", "DequantizeLinear"])
-        activations = create_activation_matching(collect_activations(str(augmented), Reader()))
+        activations = create_activation_matching(collect_activations(str(augmented), image_reader(images)))
     # tensor name -> SQNR in dB of the tensor after its quantize-dequantize pair against before
     inputs = {name: compute_signal_to_quantization_noice_ratio(match["pre_qdq"], match["post_qdq"])
               for name, match in activations.items()}

@@ -64,6 +64,22 @@ def conv_nodes(model: onnx.ModelProto, which: KeepFloat) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type in _CONV_OPS and not reaches_conv(n, forward)]
 
 
+def image_reader(images: Iterable[np.ndarray]):
+    """ONNX Runtime's ``CalibrationDataReader`` over uint8 images ``(3, H, W)`` or ``(1, 3, H, W)``, each given as the
+    exported network's ``images`` input: what its calibration and its quantization debugger read."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.images = iter(images)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            image = next(self.images, None)
+            return None if image is None else {"images": image[None] if image.ndim == 3 else image}
+
+    return Reader()
+
+
 def quantize_int8(fp32_path: str | Path, int8_path: str | Path, images: Iterable[np.ndarray] | None,
                   keep_float: Sequence[KeepFloat] = DEFAULT_KEEP_FLOAT, calibration: Calibration = "percentile",
                   float_nodes: Sequence[str] = (), calibration_cache: str | Path | None = None) -> list[str]:
@@ -85,7 +101,6 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, images: Iterable
     """
     import onnx  # the command line imports this module for its choices; ONNX only when quantizing
     from onnxruntime.quantization import (
-        CalibrationDataReader,
         CalibrationMethod,
         QuantFormat,
         QuantType,
@@ -96,19 +111,11 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, images: Iterable
     if calibration not in methods:
         raise ValueError(f"calibration must be one of {sorted(methods)}, got {calibration!r}")
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.images = iter(images)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            image = next(self.images, None)
-            return None if image is None else {"images": image[None] if image.ndim == 3 else image}
-
     model = onnx.load(str(fp32_path))
     excluded = sorted({name for which in keep_float for name in conv_nodes(model, which)} | set(float_nodes))
     with _without_preprocessing_advice():
         quantize_static(
-            str(fp32_path), str(int8_path), None if images is None else Reader(),
+            str(fp32_path), str(int8_path), None if images is None else image_reader(images),
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=QUANTIZED_OPS,
             per_channel=True,
